@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from actors.split import split_evenly
 from learner.weights import Fingerprint, checksum_of, synced_names, tensor_fingerprint, weight_checksum
 
 if TYPE_CHECKING:
@@ -62,6 +63,8 @@ def engine_env(cfg: RolloutConfig) -> dict[str, str]:
         "VLLM_ENABLE_V1_MULTIPROCESSING": "0",  # in-process engine
         "VLLM_CPU_KVCACHE_SPACE": str(cfg.kv_cache_gib),
         "TOKENIZERS_PARALLELISM": "false",
+        # vLLM logs every fp32->bf16 weight cast at WARNING (hundreds of lines per start); errors still show.
+        "VLLM_LOGGING_LEVEL": "ERROR",
     }
 
 
@@ -176,6 +179,21 @@ class RolloutEngine:
         self.policy_version = version
         return self._checksum
 
+    def join_sync_group(self, host: str, port: int, rank: int, world_size: int) -> None:
+        """Join the learner's side gloo group for the `collective` weight sync (rank 0 is the learner).
+
+        Blocks until every member has joined: start all members' joins before waiting on any.
+        """
+        from learner.sync import create_sync_group
+
+        self._sync_group = create_sync_group(host, port, rank, world_size)
+
+    def receive_weights(self, version: int) -> str:
+        """Receive one collective sync and stream it into the engine in one reload; returns the loaded checksum."""
+        from learner.sync import receive_weights
+
+        return self.load_weights(receive_weights(self._sync_group), version)
+
     def checksum(self) -> str:
         return self._checksum
 
@@ -198,17 +216,6 @@ def create_rollout_workers(cfg: RolloutConfig, model_dir: str, seed: int, count:
     ]
     ray.get([worker.health.remote() for worker in workers])
     return workers
-
-
-def split_evenly(count: int, parts: int) -> list[range]:
-    """Contiguous ranges covering 0..count-1, sizes differing by at most one (the first ones larger)."""
-    base, extra = divmod(count, parts)
-    bounds, start = [], 0
-    for part in range(parts):
-        size = base + (1 if part < extra else 0)
-        bounds.append(range(start, start + size))
-        start += size
-    return bounds
 
 
 def generate_with_workers(workers: list, prompts: list[str], seeds: list[int], n: int) -> list[Completion]:

@@ -77,6 +77,8 @@ class RolloutConfig:
     """KV cache per engine on CPU (VLLM_CPU_KVCACHE_SPACE)."""
     gpu_memory_utilization: float = 0.3
     """Share of GPU memory per engine (GPU only)."""
+    gpus_per_worker: float = 0.0
+    """GPUs each rollout actor asks Ray for (0 on CPU; a fraction shares a GPU with the learner)."""
 
     def __post_init__(self) -> None:
         _require(self.num_workers >= 1, "rollout.num_workers", self.num_workers, "must be >= 1")
@@ -111,10 +113,13 @@ class RewardConfig:
     """W: reward actors."""
     timeout_s: float = 5.0
     """Time bound per completion; a reward function past it scores 0 and is counted."""
+    functions: str = "correctness,digit,hard_format,mark"
+    """Comma-separated reward functions: built-in names or `package.module:function` import paths."""
 
     def __post_init__(self) -> None:
         _require(self.num_workers >= 1, "reward.num_workers", self.num_workers, "must be >= 1")
         _require(self.timeout_s > 0, "reward.timeout_s", self.timeout_s, "must be > 0")
+        _require(bool(self.functions.strip(", ")), "reward.functions", self.functions, "name at least one function")
 
 
 @dataclass(frozen=True)
@@ -130,6 +135,8 @@ class LearnerConfig:
     """Micro-batches per rank per pass; the loss is normalised by the step's global token count either way."""
     max_grad_norm: float = 1.0
     weight_decay: float = 0.0
+    gpus_per_rank: float = 0.0
+    """GPUs each learner rank asks Ray for (0 on CPU)."""
     param_dtype: str = "float32"
     """FSDP2 compute dtype (`bfloat16` turns on mixed precision with fp32 reductions)."""
 
@@ -175,8 +182,12 @@ class TrainerConfig:
     """Test questions in the fixed eval subset (0 turns eval off)."""
     checkpoint_every: int = 5
     """Checkpoint every this many steps (0: only at the end)."""
+    keep_checkpoints: int = 2
+    """Complete checkpoints kept on disk (the oldest are deleted)."""
     resume: bool = False
     """Continue from the latest checkpoint in `run_dir`."""
+    overwrite: bool = False
+    """Allow replacing a previous run in `run_dir` (or resuming it under a changed config)."""
 
     def __post_init__(self) -> None:
         _require(self.total_steps >= 1, "trainer.total_steps", self.total_steps, "must be >= 1")
@@ -184,6 +195,7 @@ class TrainerConfig:
         _require(bool(self.run_dir.strip()), "trainer.run_dir", self.run_dir, "must not be empty")
         _require(self.eval_every >= 0, "trainer.eval_every", self.eval_every, "must be >= 0")
         _require(self.eval_size >= 0, "trainer.eval_size", self.eval_size, "must be >= 0")
+        _require(self.keep_checkpoints >= 1, "trainer.keep_checkpoints", self.keep_checkpoints, "must be >= 1")
         _require(self.checkpoint_every >= 0, "trainer.checkpoint_every", self.checkpoint_every, "must be >= 0")
 
 
@@ -221,6 +233,22 @@ class Config:
             "rollout.num_workers",
             self.rollout.num_workers,
             f"more rollout workers than data.prompts_per_step={self.data.prompts_per_step} leaves some idle",
+        )
+
+        rows = self.data.prompts_per_step * self.rollout.n
+        shares = self.learner.num_ranks * self.learner.micro_batches
+        _require(
+            rows >= shares,
+            "learner.micro_batches",
+            self.learner.micro_batches,
+            f"{rows} completions per step cannot fill learner.num_ranks={self.learner.num_ranks} x "
+            f"{self.learner.micro_batches} micro-batches (every rank runs the same number of passes)",
+        )
+        _require(
+            self.learner.kl_coef == 0,
+            "learner.kl_coef",
+            self.learner.kl_coef,
+            "a KL penalty needs a reference model, which this trainer does not load yet; use 0",
         )
 
     def to_dict(self) -> dict[str, dict[str, Any]]:

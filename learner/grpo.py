@@ -89,9 +89,7 @@ def clipped_policy_loss(
     m = _as_bool_mask(mask, logprobs)  # (N, T)
     _check_tokens("old_logprobs", old_logprobs, logprobs)
     if advantages.shape != logprobs.shape[:1]:
-        raise ValueError(
-            f"advantages must have shape ({logprobs.shape[0]},) (N,), got {tuple(advantages.shape)}"
-        )
+        raise ValueError(f"advantages must have shape ({logprobs.shape[0]},) (N,), got {tuple(advantages.shape)}")
     if clip_eps <= 0:
         raise ValueError(f"clip_eps must be > 0, got {clip_eps}")
     log_ratio = torch.where(m, logprobs - old_logprobs.detach(), torch.zeros_like(logprobs))  # (N, T)

@@ -55,7 +55,8 @@ def extract_answer(completion: str) -> str | None:
     return (head[start + len("<answer>") :] if start != -1 else head).strip()
 
 
-def _is_correct(predicted: str | None, gold: str) -> bool:
+def answers_match(predicted: str | None, gold: str) -> bool:
+    """Equal after normalize_number, as text or as numbers (``"72.0"`` matches ``"72"``)."""
     if predicted is None:
         return False
     predicted, gold = normalize_number(predicted), normalize_number(gold)
@@ -76,7 +77,7 @@ def correctness_reward(completions: list[str], answers: list[str]) -> list[float
     """2.0 when the extracted answer equals the gold answer (as text or as a number), else 0.0."""
     _check_lengths(completions, answers)
     pairs = zip(completions, answers, strict=True)
-    return [2.0 if _is_correct(extract_answer(c), a) else 0.0 for c, a in pairs]
+    return [2.0 if answers_match(extract_answer(c), a) else 0.0 for c, a in pairs]
 
 
 def digit_reward(completions: list[str], answers: list[str]) -> list[float]:

@@ -19,8 +19,8 @@ from actors.rollout import (
     create_rollout_workers,
     generate_with_workers,
     request_seed,
-    split_evenly,
 )
+from actors.split import split_evenly
 from cluster.config import RolloutConfig
 from learner.weights import weight_checksum
 from tests.rollout_probes import GuidedRolloutEngine

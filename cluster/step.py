@@ -1,0 +1,105 @@
+"""What one step writes: the learner's batch, the per-completion rollout lines, the metrics record, samples."""
+
+from __future__ import annotations
+
+import re
+import statistics
+from typing import TYPE_CHECKING, Any
+
+from cluster.metrics import reward_metrics
+from learner.batch import TrainBatch
+from rewards.reward_functions import answers_match, extract_answer
+
+if TYPE_CHECKING:
+    from actors.reward import ScoredBatch
+    from actors.rollout import Completion
+    from cluster.data import Problem
+
+
+def train_batch(completions: list[Completion], advantages: list[float]) -> TrainBatch:
+    return TrainBatch(
+        prompt_token_ids=[c.prompt_token_ids for c in completions],
+        completion_token_ids=[c.token_ids for c in completions],
+        advantages=advantages,
+        engine_logprobs=[c.engine_logprobs for c in completions],
+    )
+
+
+def build_step_records(
+    step: int,
+    problems: list[Problem],
+    completions: list[Completion],
+    scored: ScoredBatch,
+    advantages: list[float],
+    train_metrics: dict[str, float],
+    timings: dict[str, float],
+    group_size: int,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The step's metrics record (same names as wandb) and its rollouts.jsonl lines, one per completion."""
+    lines = []
+    for completion, scores, advantage in zip(completions, scored.scores, advantages, strict=True):
+        problem = problems[completion.prompt_index]
+        lines.append(
+            {
+                "step": step,
+                "prompt_index": problem.index,
+                "sample_index": completion.sample_index,
+                "question": problem.question,
+                "gold": problem.gold,
+                "completion": completion.text,
+                "num_tokens": len(completion.token_ids),
+                "finish_reason": completion.finish_reason,
+                "rewards": {name: value for name, value in scores.items() if name != "total"},
+                "total": scores["total"],
+                "advantage": advantage,
+                "policy_version": completion.policy_version,
+            }
+        )
+    tokens = sum(line["num_tokens"] for line in lines)
+    record: dict[str, Any] = {
+        "step": step,
+        **reward_metrics([line["total"] for line in lines], scored.scores, group_size),
+        "rewards/errors": scored.errors,
+        "rewards/timeouts": scored.timeouts,
+        **train_metrics,
+        **timings,
+        "throughput/tokens_per_s": tokens / timings["time/rollout"],
+        "rollout/tokens_mean": statistics.fmean(line["num_tokens"] for line in lines),
+        "rollout/stopped_frac": statistics.fmean(line["finish_reason"] == "stop" for line in lines),
+        "policy_version": min(line["policy_version"] for line in lines),
+    }
+    return record, lines
+
+
+_NUMBER = re.compile(r"-?\d+(?:,\d{3})*(?:\.\d+)?")
+
+
+def lenient_correct(completion: str, gold: str) -> bool:
+    """The gold number appears anywhere inside the answer block (words and units around it allowed)."""
+    answer = extract_answer(completion)
+    return answer is not None and any(answers_match(n, gold) for n in _NUMBER.findall(answer))
+
+
+def eval_record(texts: list[str], golds: list[str], scores: list[dict[str, float]]) -> dict[str, float]:
+    """Greedy eval: strict = correct answer in the exact format; lenient = the gold number inside <answer>."""
+    strict = [s["correctness"] > 0 and s["hard_format"] > 0 for s in scores]
+    lenient = [lenient_correct(t, g) for t, g in zip(texts, golds, strict=True)]
+    return {
+        "eval/accuracy_strict": statistics.fmean(strict),
+        "eval/accuracy_lenient": statistics.fmean(lenient),
+        "eval/reward_mean": statistics.fmean(s["total"] for s in scores),
+        "eval/size": len(scores),
+    }
+
+
+def format_samples(step: int, problem: Problem, lines: list[dict[str, Any]]) -> str:
+    """The first completions of the step's first prompt with their reward parts, for the console."""
+    out = [f"── step {step} · question: {problem.question[:160]!r} · gold {problem.gold}"]
+    for line in lines:
+        parts = " ".join(f"{k}={v:g}" for k, v in line["rewards"].items())
+        out.append(
+            f"  [{line['sample_index']}] total={line['total']:g} ({parts}) adv={line['advantage']:+.2f} "
+            f"{line['num_tokens']} tok, {line['finish_reason']}"
+        )
+        out.append("      " + line["completion"][:300].replace("\n", "\n      "))
+    return "\n".join(out)

@@ -1,0 +1,186 @@
+"""The driver: GRPO on GSM8K with Ray actors, one step at a time.
+
+Per step k (1-based; version 0 is the initial weights, so step k samples with version k-1):
+
+    prompts      = B GSM8K questions (a pure function of seed and step, so resume needs no data cursor)
+    completions  = rollout workers sample n per prompt with vLLM             time/rollout
+    rewards      = reward workers score each completion (time-bounded)       time/reward
+    advantages   = (r - mean_group) / (std_group + eps)
+    learner step = recompute old logprobs, clipped loss, AdamW (FSDP2)       time/train
+    weight sync  = new weights, version k, into every rollout worker         time/sync
+    log          = metrics.jsonl + wandb, rollouts.jsonl, rewards.png
+
+plus eval (greedy, held-out test questions) and checkpoints on their schedules.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from tqdm import tqdm
+
+from cluster.config import Config
+from cluster.data import DataError, Problem, build_prompt, eval_problem_indices, load_problems, step_problem_indices
+from cluster.model_source import resolve_model_path
+from cluster.run_dir import RunDir
+from cluster.step import build_step_records, eval_record, format_samples, train_batch
+from learner.grpo import group_advantages
+
+if TYPE_CHECKING:
+    from cluster.placement import Workers
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class PreparedRun:
+    """Everything checked and loaded before a single actor starts."""
+
+    cfg: Config
+    run_dir: RunDir
+    resume_step: int
+    model_dir: Path
+    train_problems: list[Problem]
+    eval_problems: list[Problem]
+
+
+def prepare_run(cfg: Config) -> PreparedRun:
+    """Validate run directory, data and model (cheapest first); raises the input errors launch.py maps to exit 2."""
+    run_dir = RunDir(cfg.trainer.run_dir)
+    resume_step = run_dir.check_usable(cfg)
+    train_problems = load_problems(cfg.data.source, "train")
+    if cfg.data.prompts_per_step > len(train_problems):
+        raise DataError(
+            f"data.prompts_per_step={cfg.data.prompts_per_step} exceeds the {len(train_problems)} training rows"
+        )
+    test_problems = load_problems(cfg.data.source, "test") if cfg.trainer.eval_size else []
+    eval_rows = eval_problem_indices(len(test_problems), cfg.trainer.eval_size, cfg.trainer.seed)
+    model_dir = resolve_model_path(cfg.model.path, cfg.model.cache_dir)
+    return PreparedRun(cfg, run_dir, resume_step, model_dir, train_problems, [test_problems[i] for i in eval_rows])
+
+
+@contextmanager
+def timed(timings: dict[str, float], name: str) -> Iterator[None]:
+    start = time.perf_counter()
+    yield
+    timings[f"time/{name}"] = time.perf_counter() - start
+
+
+def init_ray(cfg: Config) -> None:
+    """Join the cluster in RAY_ADDRESS (as under `ray job submit`), or start a local one sized for the actors."""
+    import ray
+
+    runtime_env = {"env_vars": {"PYTHONPATH": str(REPO_ROOT), "TOKENIZERS_PARALLELISM": "false"}}
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(runtime_env=runtime_env)
+        return
+    actors = cfg.rollout.num_workers + cfg.reward.num_workers + cfg.learner.num_ranks
+    # Phases alternate (rollout, then reward, then train), so logical CPUs may exceed the cores.
+    ray.init(num_cpus=max(actors, os.cpu_count() or 1), include_dashboard=False, runtime_env=runtime_env)
+
+
+def train(run: PreparedRun) -> int:
+    import ray
+    from transformers import AutoTokenizer
+
+    from cluster.placement import Workers
+
+    cfg = run.cfg
+    init_ray(cfg)
+    tokenizer = AutoTokenizer.from_pretrained(run.model_dir)
+    run.run_dir.start(cfg, run.resume_step)
+    workers = Workers.start(cfg, run.model_dir)
+    loop = TrainingLoop(cfg, run, workers, tokenizer)
+    try:
+        loop.run()
+    finally:
+        loop.metrics.close()
+        workers.shutdown()
+        ray.shutdown()
+    return 0
+
+
+class TrainingLoop:
+    def __init__(self, cfg: Config, run: PreparedRun, workers: Workers, tokenizer: Any) -> None:
+        from cluster.metrics import MetricsLogger
+
+        self.cfg, self.run_info, self.workers, self.tokenizer = cfg, run, workers, tokenizer
+        self.run_dir = run.run_dir
+        self.metrics = MetricsLogger(cfg, run.run_dir, run.resume_step)
+        self.prompts = {p.index: build_prompt(tokenizer, p.question) for p in run.train_problems}
+
+    def run(self) -> None:
+        cfg, start = self.cfg, self.run_info.resume_step
+        if start:
+            self.restore(start)
+        elif self.run_info.eval_problems:
+            self.evaluate(step=0)
+        steps = tqdm(
+            range(start + 1, cfg.trainer.total_steps + 1),
+            initial=start,
+            total=cfg.trainer.total_steps,
+            desc="GRPO",
+            unit="step",
+        )
+        for step in steps:
+            record = self.train_step(step)
+            steps.set_postfix(reward=f"{record['rewards/mean']:.3f}", step_s=f"{record['time/step']:.1f}")
+            last = step == cfg.trainer.total_steps
+            if self.run_info.eval_problems and (
+                last or (cfg.trainer.eval_every and step % cfg.trainer.eval_every == 0)
+            ):
+                self.evaluate(step)
+            if last or (cfg.trainer.checkpoint_every and step % cfg.trainer.checkpoint_every == 0):
+                self.checkpoint(step)
+        self.workers.learner.save_hf(str(self.run_dir.final))
+
+    def train_step(self, step: int) -> dict[str, Any]:
+        cfg, timings = self.cfg, {}
+        with timed(timings, "step"):
+            rows = step_problem_indices(len(self.prompts), cfg.data.prompts_per_step, cfg.trainer.seed, step)
+            problems = [self.run_info.train_problems[i] for i in rows]
+            with timed(timings, "rollout"):
+                completions = self.workers.generate([self.prompts[p.index] for p in problems], cfg.trainer.seed, step)
+            with timed(timings, "reward"):
+                scored = self.workers.score(completions, [problems[c.prompt_index].gold for c in completions])
+            totals = torch.tensor([s["total"] for s in scored.scores], dtype=torch.float64)  # (B*n,)
+            advantages = group_advantages(totals, cfg.rollout.n)  # (B*n,)
+            with timed(timings, "train"):
+                train_metrics = self.workers.learner.train_step(train_batch(completions, advantages.tolist()))
+            with timed(timings, "sync"):
+                if not train_metrics["train/skipped"]:  # a skipped update leaves the weights, so nothing to push
+                    self.workers.sync_weights(version=step)
+        record, rollout_lines = build_step_records(
+            step, problems, completions, scored, advantages.tolist(), train_metrics, timings, cfg.rollout.n
+        )
+        self.run_dir.append(self.run_dir.rollouts_path, rollout_lines)
+        self.metrics.log(record)
+        self.metrics.plot()
+        tqdm.write(format_samples(step, problems[0], rollout_lines[: min(3, cfg.rollout.n)]))
+        return record
+
+    def evaluate(self, step: int) -> None:
+        problems = self.run_info.eval_problems
+        texts = self.workers.generate_greedy([build_prompt(self.tokenizer, p.question) for p in problems])
+        golds = [p.gold for p in problems]
+        scored = self.workers.score(texts, golds)
+        self.metrics.log({"step": step, **eval_record(texts, golds, scored.scores)})
+
+    def checkpoint(self, step: int) -> None:
+        tmp = self.run_dir.begin_checkpoint(step)
+        self.workers.learner.save_checkpoint(str(tmp))
+        state = {"step": step, "policy_version": self.workers.policy_version}
+        self.run_dir.commit_checkpoint(tmp, step, state, self.cfg.trainer.keep_checkpoints)
+
+    def restore(self, step: int) -> None:
+        """Learner state from the checkpoint, then its weights into every rollout worker."""
+        state = self.run_dir.trainer_state(step)
+        self.workers.learner.load_checkpoint(str(self.run_dir.checkpoint_dir(step)))
+        self.workers.sync_weights(version=state["policy_version"])

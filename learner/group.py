@@ -1,0 +1,92 @@
+"""The learner actor group: L Ray actors, one FSDP2 rank each, driven together by the driver.
+
+group = LearnerGroup(cfg.learner, model_dir, sync_dtype="bfloat16", seed=0, num_gpus_per_rank=0)
+metrics = group.train_step(batch)          # rows split across ranks, one global token count
+[ref] = group.publish_weights()            # object-store sync: one ray.put on rank 0
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import TYPE_CHECKING, Any
+
+import ray
+
+from actors.split import split_evenly
+from learner.batch import TrainBatch
+from learner.learner_rank import LearnerRank
+
+if TYPE_CHECKING:
+    from cluster.config import LearnerConfig
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@ray.remote
+def _node_address_and_port() -> tuple[str, int]:
+    return ray.util.get_node_ip_address(), _free_port()
+
+
+class LearnerGroup:
+    def __init__(
+        self,
+        cfg: LearnerConfig,
+        model_dir: str,
+        sync_dtype: str,
+        seed: int,
+        num_gpus_per_rank: float = 0,
+        env_vars: dict[str, str] | None = None,
+    ) -> None:
+        self.cfg = cfg
+        # The rendezvous lives where rank 0 will run; with placement groups that is the first bundle's node.
+        addr, port = ray.get(_node_address_and_port.remote())
+        actor_cls = ray.remote(LearnerRank)
+        self.ranks = [
+            actor_cls.options(num_cpus=1, num_gpus=num_gpus_per_rank, runtime_env={"env_vars": env_vars or {}}).remote(
+                rank, cfg.num_ranks, addr, port, model_dir, cfg, sync_dtype, seed
+            )
+            for rank in range(cfg.num_ranks)
+        ]
+        ray.get([r.ready.remote() for r in self.ranks])
+
+    def _all(self, method: str, *args: Any) -> list[Any]:
+        return ray.get([getattr(rank, method).remote(*args) for rank in self.ranks])
+
+    def train_step(self, batch: TrainBatch) -> dict[str, float]:
+        total = batch.num_tokens
+        shards = [batch.rows(chunk) for chunk in split_evenly(len(batch), len(self.ranks))]
+        results = ray.get([r.train_step.remote(s, total) for r, s in zip(self.ranks, shards, strict=True)])
+        return results[0]  # every rank returns the same all-reduced metrics
+
+    def logprobs(self, batch: TrainBatch) -> list[list[float]]:
+        shards = [batch.rows(chunk) for chunk in split_evenly(len(batch), len(self.ranks))]
+        parts = ray.get([r.logprobs.remote(s) for r, s in zip(self.ranks, shards, strict=True)])
+        return [row for part in parts for row in part]
+
+    def publish_weights(self) -> tuple[ray.ObjectRef, str]:
+        """One object-store copy of the full weights, and their checksum."""
+        [ref], checksum = self._all("publish_weights")[0]
+        return ref, checksum
+
+    def checksum(self) -> str:
+        return self._all("checksum")[0]
+
+    def save_hf(self, out_dir: str) -> None:
+        self._all("save_hf", out_dir)
+
+    def save_checkpoint(self, ckpt_dir: str) -> None:
+        self._all("save_checkpoint", ckpt_dir)
+
+    def load_checkpoint(self, ckpt_dir: str) -> None:
+        self._all("load_checkpoint", ckpt_dir)
+
+    def set_nan_hook(self, step: int | None) -> None:
+        self._all("set_nan_hook", step)
+
+    def shutdown(self) -> None:
+        for rank in self.ranks:
+            ray.kill(rank)

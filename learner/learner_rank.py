@@ -1,0 +1,250 @@
+"""One rank of the FSDP2 learner: recompute old logprobs, clipped-loss passes, AdamW, weights out, checkpoints.
+
+A plain class (tested through Ray, where each rank is a process); `learner/group.py` starts L of them as Ray
+actors that form one torch.distributed group (gloo on CPU, NCCL on GPU). Every method that touches the model
+is collective: the driver calls it on all ranks at once.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_state_dict,
+    set_state_dict,
+)
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+from torch.distributed.tensor import DTensor
+
+from learner.batch import PaddedBatch, TrainBatch, pad_batch
+from learner.grpo import clipped_policy_loss, token_entropy, token_logprobs
+from learner.weights import synced_names, torch_dtype, weight_checksum
+
+if TYPE_CHECKING:
+    from cluster.config import LearnerConfig
+
+# Files copied from the source model folder into `final/` next to the trained weights.
+_HF_SIDE_FILES = (
+    "config.json",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "chat_template.jinja",
+    "vocab.json",
+    "merges.txt",
+)
+
+
+class LearnerRank:
+    def __init__(
+        self,
+        rank: int,
+        world_size: int,
+        master_addr: str,
+        master_port: int,
+        model_dir: str,
+        cfg: LearnerConfig,
+        sync_dtype: str,
+        seed: int,
+    ) -> None:
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        self.rank, self.world_size, self.cfg, self.model_dir = rank, world_size, cfg, model_dir
+        self.device = (
+            torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+        )
+        if self.device.type == "cpu":
+            # Rollout and training phases alternate, so the learner may use every core while it runs.
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // world_size))
+        backend = "nccl" if self.device.type == "cuda" else "gloo"
+        dist.init_process_group(
+            backend, init_method=f"tcp://{master_addr}:{master_port}", rank=rank, world_size=world_size
+        )
+        torch.manual_seed(seed + rank)
+        self.hf_config = AutoConfig.from_pretrained(model_dir)
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(self.device)
+        mixed = cfg.param_dtype == "bfloat16"
+        policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if mixed else None
+        for layer in model.model.layers:
+            fully_shard(layer, mp_policy=policy) if policy else fully_shard(layer)
+        fully_shard(model, mp_policy=policy) if policy else fully_shard(model)
+        self.model = model
+        self.optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.pad_token_id = self.hf_config.eos_token_id if isinstance(self.hf_config.eos_token_id, int) else 0
+        self.sync_dtype = torch_dtype(sync_dtype)
+        self.tied = bool(getattr(self.hf_config, "tie_word_embeddings", False))
+        self.skipped_steps = 0
+        self.nan_hook_step: int | None = None
+        self.steps_done = 0
+
+    # ---- training -------------------------------------------------------------------------------------------
+
+    def _completion_logits(self, batch: PaddedBatch) -> torch.Tensor:
+        """Logits that predict each completion token: (N, T, V)."""
+        out = self.model(
+            input_ids=batch.input_ids,
+            attention_mask=batch.attention_mask,
+            position_ids=batch.position_ids,
+            logits_to_keep=batch.completion_len + 1,
+        )
+        return out.logits[:, :-1]  # (N, T, V): column P-1+j predicts completion token j
+
+    def _micro_batches(self, batch: TrainBatch) -> list[PaddedBatch]:
+        from actors.split import split_evenly  # one splitter for every place that shards rows
+
+        return [
+            pad_batch(batch.rows(chunk), self.pad_token_id).to(self.device)
+            for chunk in split_evenly(len(batch), self.cfg.micro_batches)
+        ]
+
+    def train_step(self, batch: TrainBatch, global_num_tokens: int) -> dict[str, float]:
+        """One GRPO update on this rank's rows; metrics are reduced over all ranks (token-weighted)."""
+        micro = self._micro_batches(batch)
+        sums = torch.zeros(6, dtype=torch.float64)  # loss, clip, kl, entropy, mismatch, ratio: token sums
+        old_logprobs = []
+        self.model.eval()
+        with torch.no_grad():
+            for mb in micro:
+                logits = self._completion_logits(mb)  # (n, T, V)
+                logprobs = token_logprobs(logits, mb.completion_ids)  # (n, T)
+                old_logprobs.append(logprobs)
+                mask = mb.completion_mask
+                sums[3] += token_entropy(logits)[mask].double().sum()
+                sums[4] += (logprobs - mb.engine_logprobs)[mask].abs().double().sum()
+                del logits
+        self.model.train()
+        for _ in range(self.cfg.ppo_epochs):
+            for mb, old in zip(micro, old_logprobs, strict=True):
+                logprobs = token_logprobs(self._completion_logits(mb), mb.completion_ids)  # (n, T)
+                loss, metrics = clipped_policy_loss(
+                    logprobs, old, mb.advantages, mb.completion_mask, self.cfg.clip_eps, num_tokens=global_num_tokens
+                )
+                if self.nan_hook_step == self.steps_done + 1:  # test-only fault injection
+                    loss = loss * float("nan")
+                # FSDP averages gradients over ranks; each rank's loss is already a share of the global mean.
+                (loss * self.world_size).backward()
+                local_tokens = int(mb.completion_mask.sum())
+                sums[0] += loss.detach().double() / self.cfg.ppo_epochs
+                sums[1] += metrics["clip_frac"].double() * local_tokens / self.cfg.ppo_epochs
+                sums[2] += metrics["approx_kl"].double() * local_tokens / self.cfg.ppo_epochs
+                sums[5] += metrics["ratio_mean"].double() * local_tokens / self.cfg.ppo_epochs
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.max_grad_norm)
+            if isinstance(grad_norm, DTensor):
+                grad_norm = grad_norm.full_tensor()
+            finite = torch.tensor([float(math.isfinite(float(grad_norm)))], device=self.device)
+            dist.all_reduce(finite, op=dist.ReduceOp.MIN)  # every rank skips together or steps together
+            if finite.item() == 1.0:
+                self.optimizer.step()
+            else:
+                self.skipped_steps += 1
+            self.optimizer.zero_grad(set_to_none=True)
+        self.steps_done += 1
+        sums = sums.to(self.device)
+        dist.all_reduce(sums)
+        sums = sums.cpu()
+        norm = max(global_num_tokens, 1)
+        skipped = finite.item() != 1.0
+        return {
+            "grpo_loss": float(sums[0]),
+            "train/clip_frac": float(sums[1]) / norm,
+            "train/kl": float(sums[2]) / norm,
+            "train/entropy": float(sums[3]) / norm,
+            "train/logprob_mismatch": float(sums[4]) / norm,
+            "train/ratio_mean": float(sums[5]) / norm,
+            "train/grad_norm": float(grad_norm),
+            "train/skipped": float(skipped),
+            "train/skipped_steps": float(self.skipped_steps),
+        }
+
+    def logprobs(self, batch: TrainBatch) -> list[list[float]]:
+        """The current policy's logprob of every completion token (no update), per row."""
+        self.model.eval()
+        rows: list[list[float]] = []
+        with torch.no_grad():
+            for mb in self._micro_batches(batch):
+                logprobs = token_logprobs(self._completion_logits(mb), mb.completion_ids).cpu()  # (n, T)
+                rows += [lp[m].tolist() for lp, m in zip(logprobs, mb.completion_mask.cpu(), strict=True)]
+        return rows
+
+    def set_nan_hook(self, step: int | None) -> None:
+        """Test-only: make the loss NaN at the given step so the skip path runs for real."""
+        self.nan_hook_step = step
+
+    # ---- weights out ----------------------------------------------------------------------------------------
+
+    def full_state(self) -> dict[str, torch.Tensor]:
+        """Collective: gather the full weights on rank 0 (in the sync dtype, tied head dropped); {} elsewhere."""
+        state = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        if self.rank != 0:
+            return {}
+        return {name: state[name].to(self.sync_dtype) for name in synced_names(state, self.tied)}
+
+    def publish_weights(self) -> tuple[list, str]:
+        """Collective: rank 0 puts the full weights in the object store once.
+
+        Returns ([ref], checksum) on rank 0 (the ref in a list so Ray hands back the reference, not the
+        weights), ([], "") elsewhere. Engines load `list[(name, tensor)]`.
+        """
+        import ray
+
+        state = self.full_state()
+        if self.rank != 0:
+            return [], ""
+        return [ray.put(list(state.items()))], weight_checksum(state.items(), self.sync_dtype)
+
+    def checksum(self) -> str:
+        """Collective: the checksum a rollout engine must report after syncing these weights."""
+        state = self.full_state()
+        return weight_checksum(state.items(), self.sync_dtype) if self.rank == 0 else ""
+
+    def save_hf(self, out_dir: str) -> None:
+        """Collective: write the policy as an HF folder (safetensors + config + tokenizer) on rank 0."""
+        from safetensors.torch import save_file
+
+        state = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        if self.rank != 0:
+            return
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        kept = {name: state[name].contiguous() for name in synced_names(state, self.tied)}
+        save_file(kept, out / "model.safetensors", metadata={"format": "pt"})
+        for name in _HF_SIDE_FILES:
+            if (Path(self.model_dir) / name).is_file():
+                shutil.copy(Path(self.model_dir) / name, out / name)
+
+    # ---- checkpoints ----------------------------------------------------------------------------------------
+
+    def save_checkpoint(self, ckpt_dir: str) -> None:
+        """Collective: sharded model + optimizer (torch.distributed.checkpoint) and this rank's RNG state."""
+        model_state, optim_state = get_state_dict(self.model, self.optimizer)
+        dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=ckpt_dir)
+        torch.save(
+            {"rng": torch.get_rng_state(), "skipped_steps": self.skipped_steps, "steps_done": self.steps_done},
+            Path(ckpt_dir) / f"rank{self.rank}_state.pt",
+        )
+
+    def load_checkpoint(self, ckpt_dir: str) -> None:
+        model_state, optim_state = get_state_dict(self.model, self.optimizer)
+        state = {"model": model_state, "optim": optim_state}
+        dcp.load(state, checkpoint_id=ckpt_dir)
+        set_state_dict(self.model, self.optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+        extra = torch.load(Path(ckpt_dir) / f"rank{self.rank}_state.pt", weights_only=False)
+        torch.set_rng_state(extra["rng"])
+        self.skipped_steps, self.steps_done = extra["skipped_steps"], extra["steps_done"]
+
+    def ready(self) -> int:
+        return self.rank
+
+    def shutdown(self) -> None:
+        if dist.is_initialized():
+            dist.destroy_process_group()

