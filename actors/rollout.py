@@ -17,7 +17,7 @@ import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -87,6 +87,7 @@ class RolloutEngine:
             gpu_memory_utilization=cfg.gpu_memory_utilization,
         )
         self.tokenizer = self.llm.get_tokenizer()
+        self.tied = bool(json.loads((Path(model_dir) / "config.json").read_text()).get("tie_word_embeddings"))
         self.policy_version = 0
         self._checksum = self._checksum_from_disk(model_dir)
 
@@ -97,8 +98,7 @@ class RolloutEngine:
         tensors: dict[str, torch.Tensor] = {}
         for file in sorted(Path(model_dir).glob("*.safetensors")):
             tensors.update(load_file(file))
-        tied = bool(json.loads((Path(model_dir) / "config.json").read_text()).get("tie_word_embeddings"))
-        return weight_checksum(((n, tensors[n]) for n in synced_names(tensors, tied)), self.dtype)
+        return weight_checksum(((n, tensors[n]) for n in synced_names(tensors, self.tied)), self.dtype)
 
     def _token_prompts(self, prompts: list[str]) -> list[TokensPrompt]:
         """Tokenize without adding special tokens: the chat template already wrote them."""
@@ -172,6 +172,8 @@ class RolloutEngine:
                 yield name, tensor
 
         self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": recording(named_tensors)})
+        if self.tied:
+            self.llm.collective_rpc(_retie_lm_head)
         self.llm.reset_prefix_cache()
         # vLLM-CPU repacks linear layers into kernel objects, so the engine's own parameters cannot be read back;
         # the checksum is of exactly what this engine received and loaded.
@@ -199,6 +201,18 @@ class RolloutEngine:
 
     def health(self) -> int:
         return self.policy_version
+
+
+def _retie_lm_head(worker: Any) -> None:
+    """Point the tied LM head at the reloaded embedding again and re-run its post-load processing.
+
+    `reload_weights` rebuilds the embedding layer but never touches `lm_head`, which loads no weights of its own
+    when tied; on CPU the head keeps a packed GEMM copy of the OLD embedding, so logits came from stale weights
+    (engine vs learner logprobs drifted by 0.3 after one lr=1e-2 step before this). Runs inside the engine.
+    """
+    model = worker.get_model()
+    model.lm_head.weight = model.model.embed_tokens.weight
+    model.lm_head.quant_method.process_weights_after_loading(model.lm_head)
 
 
 def create_rollout_workers(cfg: RolloutConfig, model_dir: str, seed: int, count: int, num_gpus: float = 0) -> list:

@@ -270,6 +270,12 @@ def _coerce(key: str, value: object, expected: Any, from_text: bool) -> object:
             raise ConfigError(key, value, f"expected {expected.__name__}") from None
     if expected is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if expected is float and isinstance(value, str):
+        # PyYAML (YAML 1.1) reads `1e-5`, without a dot, as a string; take any text float() parses.
+        try:
+            return float(value)
+        except ValueError:
+            raise ConfigError(key, value, "expected float, got str") from None
     # bool is an int subclass; `rollout.n: true` must not pass as 1.
     if isinstance(value, bool) != (expected is bool) or not isinstance(value, expected):
         raise ConfigError(key, value, f"expected {expected.__name__}, got {type(value).__name__}")

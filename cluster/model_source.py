@@ -26,7 +26,10 @@ class ModelSourceError(ValueError):
 
 def _package_file(spec: str) -> Path:
     module, _, relative = spec.removeprefix(PACKAGE_PREFIX).partition("/")
-    found = importlib.util.find_spec(module)
+    try:
+        found = importlib.util.find_spec(module)
+    except (ImportError, ValueError):  # a dotted name whose parent package is missing; an empty or bad name
+        found = None
     if found is None or found.origin is None:
         raise ModelSourceError(f"model.path={spec!r}: package {module!r} is not installed")
     path = Path(found.origin).parent / relative
@@ -66,28 +69,42 @@ def convert_gguf(gguf: Path, out_dir: Path) -> None:
 
 
 def resolve_model_path(path: str, cache_dir: str) -> Path:
-    """A local folder with `config.json`, converting or downloading first when needed."""
+    """A local folder with `config.json`, converting or downloading first when needed.
+
+    `pkg:` names a packaged file; an existing path is local (a `.gguf` file or an HF folder); a path that starts
+    with `.`, `/` or `~`, or ends in `.gguf`, but does not exist is an error; anything else is a hub id (which may
+    contain dots, e.g. `Qwen/Qwen2.5-0.5B-Instruct`).
+    """
     if path.startswith(PACKAGE_PREFIX):
         local = _package_file(path)
     else:
         local = Path(path).expanduser()
-    if local.suffix == ".gguf":
-        if not local.is_file():
-            raise ModelSourceError(f"model.path={path!r}: GGUF file does not exist")
-        target = Path(cache_dir).expanduser() / _cache_key(local)
-        if not (target / "config.json").is_file():
-            partial = target.with_name(target.name + ".partial")
-            shutil.rmtree(partial, ignore_errors=True)
-            convert_gguf(local, partial)
-            partial.rename(target)  # atomic: a crash mid-conversion never leaves a folder that looks complete
-        return target
+        if not local.exists():
+            if path.startswith((".", "/", "~")) or path.endswith(".gguf"):
+                raise ModelSourceError(f"model.path={path!r}: no such file or folder")
+            return _download(path)
     if local.is_dir():
         if not (local / "config.json").is_file():
             raise ModelSourceError(f"model.path={path!r}: folder has no config.json")
         return local
-    if path.startswith((".", "/", "~")) or local.suffix:
-        raise ModelSourceError(f"model.path={path!r}: no such file or folder")
-    return _download(path)
+    if local.suffix != ".gguf":
+        raise ModelSourceError(f"model.path={path!r}: not a .gguf file or a model folder")
+    return _converted(local, Path(cache_dir).expanduser())
+
+
+def _converted(gguf: Path, cache_dir: Path) -> Path:
+    """The cached HF folder for a GGUF file, converting it first if it is not there yet."""
+    target = cache_dir / _cache_key(gguf)
+    if not (target / "config.json").is_file():
+        partial = target.with_name(target.name + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        try:
+            convert_gguf(gguf, partial)
+            partial.rename(target)  # atomic: a crash mid-conversion never leaves a folder that looks complete
+        except BaseException:
+            shutil.rmtree(partial, ignore_errors=True)  # a failed conversion leaves nothing behind
+            raise
+    return target
 
 
 def _download(repo_id: str) -> Path:

@@ -25,6 +25,7 @@ class Workers:
     def __init__(self, cfg: Config, rollout: list, reward: list, learner: LearnerGroup) -> None:
         self.cfg, self.rollout, self.reward, self.learner = cfg, rollout, reward, learner
         self.policy_version = 0
+        self._sync_group_open = False
 
     @classmethod
     def start(cls, cfg: Config, model_dir: Path) -> Workers:
@@ -58,9 +59,19 @@ class Workers:
         return score_with_workers(self.reward, texts, golds)
 
     def sync_weights(self, version: int) -> None:
-        """Object-store transport: rank 0 gathers and puts the weights once; every engine loads that one copy."""
-        ref, expected = self.learner.publish_weights()
-        checksums = ray.get([w.load_weights.remote(ref, version) for w in self.rollout])
+        """Push the learner's weights into every engine, tagged with `version`; verify every engine's checksum.
+
+        object_store: rank 0 gathers and `ray.put`s the weights once; every engine loads that one copy.
+        collective: rank 0 broadcasts buckets over a side gloo group (NCCL-ready layout) that engines stream in.
+        """
+        if self.cfg.sync.transport == "object_store":
+            ref, expected = self.learner.publish_weights()
+            checksums = ray.get([w.load_weights.remote(ref, version) for w in self.rollout])
+        else:
+            if not self._sync_group_open:
+                self.learner.open_sync_group(self.rollout)
+                self._sync_group_open = True
+            expected, checksums = self.learner.broadcast_weights(self.rollout, version)
         if any(c != expected for c in checksums):
             raise WeightSyncError(f"after sync v{version} engines report {checksums}, learner sent {expected}")
         self.policy_version = version

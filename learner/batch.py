@@ -11,6 +11,7 @@ predicts completion token j for every row.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -33,7 +34,7 @@ class TrainBatch:
     def num_tokens(self) -> int:
         return sum(len(ids) for ids in self.completion_token_ids)
 
-    def rows(self, chunk: range) -> TrainBatch:
+    def rows(self, chunk: Sequence[int]) -> TrainBatch:
         return TrainBatch(
             prompt_token_ids=[self.prompt_token_ids[i] for i in chunk],
             completion_token_ids=[self.completion_token_ids[i] for i in chunk],

@@ -7,7 +7,6 @@ metrics = group.train_step(batch)          # rows split across ranks, one global
 
 from __future__ import annotations
 
-import socket
 from typing import TYPE_CHECKING, Any
 
 import ray
@@ -20,15 +19,11 @@ if TYPE_CHECKING:
     from cluster.config import LearnerConfig
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@ray.remote
+@ray.remote(num_cpus=0)
 def _node_address_and_port() -> tuple[str, int]:
-    return ray.util.get_node_ip_address(), _free_port()
+    from learner.sync import free_port
+
+    return ray.util.get_node_ip_address(), free_port()
 
 
 class LearnerGroup:
@@ -71,6 +66,21 @@ class LearnerGroup:
         """One object-store copy of the full weights, and their checksum."""
         [ref], checksum = self._all("publish_weights")[0]
         return ref, checksum
+
+    def open_sync_group(self, rollout_workers: list) -> None:
+        """`collective` transport: learner rank 0 plus every rollout engine join one side gloo group."""
+        host, port = ray.get(self.ranks[0].sync_endpoint.remote())
+        world = len(rollout_workers) + 1
+        joins = [self.ranks[0].open_sync_group.remote(host, port, world)]
+        joins += [w.join_sync_group.remote(host, port, i + 1, world) for i, w in enumerate(rollout_workers)]
+        ray.get(joins)  # every member blocks until all have joined
+
+    def broadcast_weights(self, rollout_workers: list, version: int) -> tuple[str, list[str]]:
+        """`collective` transport: one bucketed broadcast; returns the learner's and each engine's checksum."""
+        sends = [rank.broadcast_weights.remote() for rank in self.ranks]
+        receives = [w.receive_weights.remote(version) for w in rollout_workers]
+        learner_checksums = ray.get(sends)
+        return learner_checksums[0], ray.get(receives)
 
     def checksum(self) -> str:
         return self._all("checksum")[0]

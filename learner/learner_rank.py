@@ -25,6 +25,7 @@ from torch.distributed.checkpoint.state_dict import (
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor
 
+from actors.split import split_evenly
 from learner.batch import PaddedBatch, TrainBatch, pad_batch
 from learner.grpo import clipped_policy_loss, token_entropy, token_logprobs
 from learner.weights import synced_names, torch_dtype, weight_checksum
@@ -99,45 +100,51 @@ class LearnerRank:
         )
         return out.logits[:, :-1]  # (N, T, V): column P-1+j predicts completion token j
 
-    def _micro_batches(self, batch: TrainBatch) -> list[PaddedBatch]:
-        from actors.split import split_evenly  # one splitter for every place that shards rows
-
-        return [
-            pad_batch(batch.rows(chunk), self.pad_token_id).to(self.device)
-            for chunk in split_evenly(len(batch), self.cfg.micro_batches)
-        ]
+    def _micro_batches(self, batch: TrainBatch) -> list[tuple[list[int], PaddedBatch]]:
+        """Rows sorted by length, then cut into micro-batches: similar lengths pad less. Keeps each row's index."""
+        order = sorted(
+            range(len(batch)), key=lambda i: len(batch.prompt_token_ids[i]) + len(batch.completion_token_ids[i])
+        )
+        micro = []
+        for chunk in split_evenly(len(order), self.cfg.micro_batches):
+            rows = [order[i] for i in chunk]
+            micro.append((rows, pad_batch(batch.rows(rows), self.pad_token_id).to(self.device)))
+        return micro
 
     def train_step(self, batch: TrainBatch, global_num_tokens: int) -> dict[str, float]:
-        """One GRPO update on this rank's rows; metrics are reduced over all ranks (token-weighted)."""
-        micro = self._micro_batches(batch)
-        sums = torch.zeros(6, dtype=torch.float64)  # loss, clip, kl, entropy, mismatch, ratio: token sums
-        old_logprobs = []
-        self.model.eval()
-        with torch.no_grad():
-            for mb in micro:
+        """One GRPO update on this rank's rows; metrics are reduced over all ranks (token-weighted).
+
+        The old logprobs are the first pass's own logprobs, detached: every micro-batch of that pass runs before
+        the first optimizer step, so they are exactly the current weights' logprobs, without a separate forward.
+        """
+        micro = [mb for _, mb in self._micro_batches(batch)]
+        sums = torch.zeros(6, dtype=torch.float64)  # token sums of: loss, clip, kl, entropy, mismatch, ratio
+        old_logprobs: list[torch.Tensor] = []
+        self.model.train()
+        for epoch in range(self.cfg.ppo_epochs):
+            for index, mb in enumerate(micro):
                 logits = self._completion_logits(mb)  # (n, T, V)
                 logprobs = token_logprobs(logits, mb.completion_ids)  # (n, T)
-                old_logprobs.append(logprobs)
                 mask = mb.completion_mask
-                sums[3] += token_entropy(logits)[mask].double().sum()
-                sums[4] += (logprobs - mb.engine_logprobs)[mask].abs().double().sum()
+                if epoch == 0:
+                    old_logprobs.append(logprobs.detach())
+                    with torch.no_grad():
+                        sums[3] += token_entropy(logits.detach())[mask].double().sum().cpu()
+                        sums[4] += (logprobs.detach() - mb.engine_logprobs)[mask].abs().double().sum().cpu()
                 del logits
-        self.model.train()
-        for _ in range(self.cfg.ppo_epochs):
-            for mb, old in zip(micro, old_logprobs, strict=True):
-                logprobs = token_logprobs(self._completion_logits(mb), mb.completion_ids)  # (n, T)
                 loss, metrics = clipped_policy_loss(
-                    logprobs, old, mb.advantages, mb.completion_mask, self.cfg.clip_eps, num_tokens=global_num_tokens
+                    logprobs, old_logprobs[index], mb.advantages, mask, self.cfg.clip_eps, num_tokens=global_num_tokens
                 )
                 if self.nan_hook_step == self.steps_done + 1:  # test-only fault injection
                     loss = loss * float("nan")
-                # FSDP averages gradients over ranks; each rank's loss is already a share of the global mean.
+                # FSDP averages gradients over ranks; each rank's loss is already its share of the global mean.
                 (loss * self.world_size).backward()
-                local_tokens = int(mb.completion_mask.sum())
-                sums[0] += loss.detach().double() / self.cfg.ppo_epochs
-                sums[1] += metrics["clip_frac"].double() * local_tokens / self.cfg.ppo_epochs
-                sums[2] += metrics["approx_kl"].double() * local_tokens / self.cfg.ppo_epochs
-                sums[5] += metrics["ratio_mean"].double() * local_tokens / self.cfg.ppo_epochs
+                local_tokens = int(mask.sum())
+                weight = local_tokens / self.cfg.ppo_epochs
+                sums[0] += loss.detach().double().cpu() / self.cfg.ppo_epochs
+                sums[1] += metrics["clip_frac"].double().cpu() * weight
+                sums[2] += metrics["approx_kl"].double().cpu() * weight
+                sums[5] += metrics["ratio_mean"].double().cpu() * weight
             grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.max_grad_norm)
             if isinstance(grad_norm, DTensor):
                 grad_norm = grad_norm.full_tensor()
@@ -153,7 +160,6 @@ class LearnerRank:
         dist.all_reduce(sums)
         sums = sums.cpu()
         norm = max(global_num_tokens, 1)
-        skipped = finite.item() != 1.0
         return {
             "grpo_loss": float(sums[0]),
             "train/clip_frac": float(sums[1]) / norm,
@@ -162,18 +168,19 @@ class LearnerRank:
             "train/logprob_mismatch": float(sums[4]) / norm,
             "train/ratio_mean": float(sums[5]) / norm,
             "train/grad_norm": float(grad_norm),
-            "train/skipped": float(skipped),
+            "train/skipped": float(finite.item() != 1.0),
             "train/skipped_steps": float(self.skipped_steps),
         }
 
     def logprobs(self, batch: TrainBatch) -> list[list[float]]:
-        """The current policy's logprob of every completion token (no update), per row."""
+        """The current policy's logprob of every completion token (no update), per row in the given order."""
         self.model.eval()
-        rows: list[list[float]] = []
+        rows: list[list[float]] = [[] for _ in range(len(batch))]
         with torch.no_grad():
-            for mb in self._micro_batches(batch):
+            for indices, mb in self._micro_batches(batch):
                 logprobs = token_logprobs(self._completion_logits(mb), mb.completion_ids).cpu()  # (n, T)
-                rows += [lp[m].tolist() for lp, m in zip(logprobs, mb.completion_mask.cpu(), strict=True)]
+                for row, lp, mask in zip(indices, logprobs, mb.completion_mask.cpu(), strict=True):
+                    rows[row] = lp[mask].tolist()
         return rows
 
     def set_nan_hook(self, step: int | None) -> None:
@@ -201,6 +208,30 @@ class LearnerRank:
         if self.rank != 0:
             return [], ""
         return [ray.put(list(state.items()))], weight_checksum(state.items(), self.sync_dtype)
+
+    def open_sync_group(self, host: str, port: int, world_size: int) -> None:
+        """Rank 0 only: host the side gloo group of the `collective` transport (rollout engines are ranks 1..N)."""
+        from learner.sync import create_sync_group
+
+        self._sync_group = create_sync_group(host, port, 0, world_size)
+
+    def broadcast_weights(self) -> str:
+        """Collective over learner ranks: gather, then rank 0 broadcasts in buckets; returns the checksum there."""
+        from learner.sync import broadcast_weights
+
+        state = self.full_state()
+        if self.rank != 0:
+            return ""
+        broadcast_weights(self._sync_group, state.items(), self.sync_dtype, tie_word_embeddings=self.tied)
+        return weight_checksum(state.items(), self.sync_dtype)
+
+    def sync_endpoint(self) -> tuple[str, int]:
+        """Where this rank can host a rendezvous: its node's address and a free port there."""
+        import ray
+
+        from learner.sync import free_port
+
+        return ray.util.get_node_ip_address(), free_port()
 
     def checksum(self) -> str:
         """Collective: the checksum a rollout engine must report after syncing these weights."""

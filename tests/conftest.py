@@ -7,6 +7,8 @@ Everything here is real: Ray is a local cluster started in this process, the tin
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -75,3 +77,34 @@ def ray_cluster() -> Iterator[None]:
     )
     yield
     ray.shutdown()
+
+
+def tiny_run_overrides(model_dir: Path, run_dir: Path, *extra: str) -> list[str]:
+    """Overrides that turn configs/debug.yaml into a seconds-per-step run on the tiny model."""
+    return [
+        f"model.path={model_dir}",
+        f"trainer.run_dir={run_dir}",
+        f"data.source={GSM8K_DIR}",
+        "rollout.max_tokens=16",
+        "rollout.max_model_len=512",
+        "trainer.eval_size=0",
+        "wandb.mode=disabled",
+        *extra,
+    ]
+
+
+def launch_command(overrides: list[str]) -> list[str]:
+    return [
+        sys.executable,
+        str(REPO_ROOT / "cluster" / "launch.py"),
+        "--config",
+        str(REPO_ROOT / "configs" / "debug.yaml"),
+        *overrides,
+    ]
+
+
+def run_launch(overrides: list[str], timeout_s: float = 600) -> subprocess.CompletedProcess[str]:
+    """Run the real driver as a user would; fail with its output tail if it does not exit 0."""
+    proc = subprocess.run(launch_command(overrides), cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout_s)
+    assert proc.returncode == 0, f"launch exited {proc.returncode}:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+    return proc

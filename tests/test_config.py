@@ -101,6 +101,14 @@ def test_overrides_apply_after_yaml(tmp_path: Path) -> None:
     assert cfg.rollout.temperature == 1.0 and isinstance(cfg.rollout.temperature, float)  # YAML int -> float
 
 
+@pytest.mark.parametrize(("text", "expected"), [("1e-5", 1e-5), ("3E-7", 3e-7), ("2e0", 2.0)])
+def test_yaml_exponent_without_dot_is_float(tmp_path: Path, text: str, expected: float) -> None:
+    # PyYAML (YAML 1.1) reads `1e-5` without a dot as the string '1e-5'; a float field takes it as the number.
+    path = _write_yaml(tmp_path, f"learner:\n  lr: {text}\n")
+    cfg = load_config(path)
+    assert cfg.learner.lr == expected and isinstance(cfg.learner.lr, float)
+
+
 def test_yaml_round_trip(tmp_path: Path) -> None:
     cfg = load_config(None, ["learner.lr=1e-5", "rollout.n=6", "trainer.resume=true", "wandb.mode=offline"])
     path = _write_yaml(tmp_path, config_to_yaml(cfg))

@@ -75,8 +75,25 @@ def test_malformed_row_names_file_and_row(tmp_path: Path, split: str, bad_row: d
         load_problems(str(tmp_path), split)
     message = str(info.value)
     assert str(path) in message
-    assert "row 3" in message
+    assert "line 3" in message
     assert words in message
+
+
+def test_malformed_row_names_file_line_with_blank_lines(tmp_path: Path) -> None:
+    path = tmp_path / "train.jsonl"
+    good = json.dumps(GOOD_ROW)
+    path.write_text(f"{good}\n\n{good}\n   \n\n{json.dumps({'question': 'How many?'})}\n{good}\n")
+    with pytest.raises(DataError) as info:
+        load_problems(str(tmp_path), "train")
+    assert f"{path} line 6:" in str(info.value)  # the file's line, though it is the third row `datasets` reads
+
+
+def test_rows_not_one_per_line_fall_back_to_row_numbers(tmp_path: Path) -> None:
+    path = tmp_path / "train.jsonl"
+    path.write_text("[" + ", ".join(json.dumps(row) for row in (GOOD_ROW, GOOD_ROW, {"question": "q"})) + "]\n")
+    with pytest.raises(DataError) as info:
+        load_problems(str(tmp_path), "train")
+    assert f"{path} row 3:" in str(info.value)
 
 
 @pytest.mark.parametrize("text", ["", "\n\n", "  \n"])
@@ -109,17 +126,42 @@ def test_small_local_folder_loads(tmp_path: Path) -> None:
     ]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=DatasetGenerationError,
-    reason="bug: a line that is not JSON escapes as datasets' DatasetGenerationError instead of DataError",
-)
 def test_invalid_json_line_is_data_error(tmp_path: Path) -> None:
     path = tmp_path / "train.jsonl"
     path.write_text(json.dumps(GOOD_ROW) + "\n" + '{"question": "unterminated\n')
     with pytest.raises(DataError) as info:
         load_problems(str(tmp_path), "train")
+    assert f"{path} line 2:" in str(info.value)
+    assert isinstance(info.value.__cause__, DatasetGenerationError)
+
+
+# (file lines, 1-based line the message must name, words it must contain)
+UNREADABLE_FILES = [
+    pytest.param(["not json", "GOOD"], 1, "not valid JSON", id="first-line"),
+    pytest.param(["GOOD", "", "GOOD", "  ", "{'question': 'single quotes'}", "GOOD"], 5, "not valid JSON", id="blanks"),
+    pytest.param(["GOOD", "GOOD trailing", "GOOD"], 2, "not valid JSON", id="trailing-garbage"),
+    pytest.param(["GOOD", "[1, 2]"], 2, "not a JSON object", id="array-line"),
+    pytest.param(["GOOD", "GOOD", "42"], 3, "not a JSON object", id="number-line"),
+]
+
+
+@pytest.mark.parametrize(("lines", "line_number", "words"), UNREADABLE_FILES)
+def test_unreadable_line_names_file_and_line(tmp_path: Path, lines: list[str], line_number: int, words: str) -> None:
+    path = tmp_path / "test.jsonl"
+    path.write_text("".join(line.replace("GOOD", json.dumps(GOOD_ROW)) + "\n" for line in lines))
+    with pytest.raises(DataError) as info:
+        load_problems(str(tmp_path), "test")
+    assert f"{path} line {line_number}:" in str(info.value)
+    assert words in str(info.value)
+
+
+def test_not_utf8_is_data_error(tmp_path: Path) -> None:
+    path = tmp_path / "train.jsonl"
+    path.write_bytes(json.dumps(GOOD_ROW).encode() + b'\n{"question": "caf\xe9", "answer": "#### 1"}\n')
+    with pytest.raises(DataError) as info:
+        load_problems(str(tmp_path), "train")
     assert str(path) in str(info.value)
+    assert "UTF-8" in str(info.value)
 
 
 # --- the prompt --------------------------------------------------------------------------------------------------
@@ -163,36 +205,50 @@ def test_step_indices_deterministic() -> None:
         assert all(0 <= i < 7473 for i in first)
 
 
-@pytest.mark.parametrize(("num_rows", "batch"), [(12, 3), (10, 5), (10, 10), (7473, 8)])
-def test_step_indices_distinct_when_batch_divides_rows(num_rows: int, batch: int) -> None:
-    steps = 3 * num_rows // batch if num_rows < 100 else 50
-    for step in range(1, steps + 1):
-        indices = step_problem_indices(num_rows, batch, 0, step)
-        assert len(indices) == batch
-        assert len(set(indices)) == batch
-
-
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="bug: a step that straddles an epoch boundary can repeat a row (10 rows, B=3, seed 0, step 4: [6, 6, 8])",
-)
-def test_step_indices_distinct_across_epoch_boundary() -> None:
+@pytest.mark.parametrize(("num_rows", "batch"), [(12, 3), (10, 5), (10, 10), (10, 3), (10, 7), (11, 4), (7473, 8)])
+def test_step_indices_always_distinct(num_rows: int, batch: int) -> None:
+    steps = 5 * num_rows // batch if num_rows < 100 else 50
     for seed in range(5):
-        for step in range(1, 31):
-            indices = step_problem_indices(10, 3, seed, step)
-            assert len(set(indices)) == 3, (seed, step, indices)
+        for step in range(1, steps + 1):
+            indices = step_problem_indices(num_rows, batch, seed, step)
+            assert len(indices) == batch
+            assert len(set(indices)) == batch, (seed, step, indices)
+            assert all(0 <= i < num_rows for i in indices)
 
 
-@pytest.mark.parametrize(("num_rows", "batch"), [(10, 3), (10, 5), (10, 7), (12, 4)])
-def test_every_epoch_covers_every_row_once(num_rows: int, batch: int) -> None:
+def test_step_straddling_old_epoch_boundary_is_distinct() -> None:
+    # The old rule ran one shuffle into the next inside a step: 10 rows, B=3, seed 0, step 4 gave [6, 6, 8].
+    assert len(set(step_problem_indices(10, 3, 0, 4))) == 3
+
+
+@pytest.mark.parametrize(("num_rows", "batch"), [(10, 3), (10, 5), (10, 7), (12, 4), (12, 5), (11, 11)])
+def test_no_row_repeats_within_an_epoch(num_rows: int, batch: int) -> None:
+    steps_per_epoch = num_rows // batch
+    epochs = 8
+    stream = _stream(num_rows, batch, seed=1, steps=epochs * steps_per_epoch)
+    size = steps_per_epoch * batch
+    passes = [stream[e * size : (e + 1) * size] for e in range(epochs)]
+    for rows in passes:
+        assert len(set(rows)) == size  # the last num_rows % batch rows of the shuffle sit this epoch out
+    assert len({tuple(rows) for rows in passes}) > 1  # each epoch is shuffled anew
+    assert set(stream) == set(range(num_rows))  # a different few sit out each epoch
+
+
+@pytest.mark.parametrize(("num_rows", "batch"), [(10, 5), (12, 4), (12, 3), (10, 1), (6, 6)])
+def test_every_epoch_covers_every_row_once_when_batch_divides_rows(num_rows: int, batch: int) -> None:
     epochs = 6
-    steps = -(-epochs * num_rows // batch)  # enough steps for `epochs` full passes
-    stream = _stream(num_rows, batch, seed=1, steps=steps)
+    stream = _stream(num_rows, batch, seed=1, steps=epochs * num_rows // batch)
     passes = [stream[e * num_rows : (e + 1) * num_rows] for e in range(epochs)]
     for order in passes:
         assert sorted(order) == list(range(num_rows))
-    assert len({tuple(order) for order in passes}) > 1  # each epoch is shuffled anew
+    if num_rows > 1:
+        assert len({tuple(order) for order in passes}) > 1  # each epoch is shuffled anew
+
+
+@pytest.mark.parametrize("step", [0, -1])
+def test_step_below_one_is_error(step: int) -> None:
+    with pytest.raises(ValueError, match="step"):
+        step_problem_indices(10, 3, 0, step)
 
 
 def test_epoch_of_whole_steps_when_batch_divides_rows() -> None:

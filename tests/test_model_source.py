@@ -52,7 +52,10 @@ def test_folder_without_config_json(tmp_path: Path) -> None:
     assert "config.json" in str(info.value)
 
 
-@pytest.mark.parametrize("path", ["./nope", "./nope.gguf", "../nope/model", "/no/such/folder"])
+@pytest.mark.parametrize(
+    "path",
+    ["./nope", "./nope.gguf", "../nope/model", "/no/such/folder", "~/no_such_folder_xyz", "nope.gguf", "a/b.gguf"],
+)
 def test_nonexistent_local_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, path: str) -> None:
     monkeypatch.chdir(tmp_path)
     with pytest.raises(ModelSourceError) as info:
@@ -67,14 +70,12 @@ def test_pkg_missing_package(tmp_path: Path) -> None:
     assert "not installed" in str(info.value)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ModuleNotFoundError,
-    reason="bug: find_spec raises ModuleNotFoundError for a dotted name whose parent is missing",
-)
-def test_pkg_missing_dotted_package(tmp_path: Path) -> None:
-    with pytest.raises(ModelSourceError):
-        resolve_model_path("pkg:no_such_package_xyz.sub/model.gguf", str(tmp_path))
+@pytest.mark.parametrize("module", ["no_such_package_xyz.sub", "no_such_package_xyz.sub.deeper", ".relative"])
+def test_pkg_missing_dotted_package(tmp_path: Path, module: str) -> None:
+    with pytest.raises(ModelSourceError) as info:
+        resolve_model_path(f"pkg:{module}/model.gguf", str(tmp_path))
+    assert module in str(info.value)
+    assert "not installed" in str(info.value)
 
 
 def test_pkg_missing_file(tmp_path: Path) -> None:
@@ -103,9 +104,8 @@ def test_corrupt_gguf_is_model_source_error(tmp_path: Path, content: bytes) -> N
         resolve_model_path(str(bad), str(cache))
     assert str(bad) in str(info.value)
     assert _complete_looking(cache) == []
-    # What is left: nothing at all (the failure happens before the `.partial` folder is written).
     leftovers = sorted(p.name for p in cache.iterdir()) if cache.exists() else []
-    assert all(name.endswith(".partial") for name in leftovers), leftovers
+    assert leftovers == []  # nothing at all: not even a `.partial` folder
 
 
 @pytest.mark.parametrize("size", [1_000, 1_000_000])
@@ -131,9 +131,23 @@ def test_crash_mid_conversion_leaves_no_complete_target(tmp_path: Path, monkeypa
         raise OSError("disk full")
 
     monkeypatch.setattr(model_source, "convert_gguf", crash_after_config)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(OSError, match="disk full"):  # the same exception, re-raised after the cleanup
         resolve_model_path(str(gguf), str(cache))
     assert not target.exists()  # only the `.partial` folder was written, never the name that resolve returns
+    assert sorted(p.name for p in cache.iterdir()) == []  # and the failed `.partial` folder was removed
+
+    def stale_partial(_gguf: Path, out_dir: Path) -> None:  # as if an earlier process had been killed mid-way
+        out_dir.mkdir(parents=True)
+        (out_dir / "config.json").write_text("{}")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(model_source, "convert_gguf", stale_partial)
+    with pytest.raises(KeyboardInterrupt):
+        resolve_model_path(str(gguf), str(cache))
+    assert sorted(p.name for p in cache.iterdir()) == []
+    partial = target.with_name(target.name + ".partial")
+    partial.mkdir()
+    (partial / "config.json").write_text("{}")  # a `.partial` left by a process killed outright (SIGKILL)
 
     def convert_ok(_gguf: Path, out_dir: Path) -> None:
         out_dir.mkdir(parents=True)
@@ -233,13 +247,38 @@ def test_hub_id_offline_is_model_source_error(tmp_path: Path) -> None:
     assert elapsed < 20
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="bug: a hub id with a dot (Qwen/Qwen2.5-0.5B-Instruct) has a Path suffix, so it is refused as a missing "
-    "local file and never looked up on the hub",
-)
 def test_hub_id_with_dot_is_looked_up_on_the_hub(tmp_path: Path) -> None:
     out, _ = _resolve_offline("Qwen/Qwen2.5-0.5B-Instruct", tmp_path)
     assert out.startswith("MODEL_SOURCE_ERROR"), out
     assert "hub" in out
+
+
+@pytest.mark.parametrize(
+    "repo_id", ["Qwen/Qwen2.5-0.5B-Instruct", "HuggingFaceTB/SmolLM2-135M-Instruct", "org/model.v2"]
+)
+def test_hub_ids_go_to_download(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, repo_id: str) -> None:
+    monkeypatch.chdir(tmp_path)
+    asked: list[str] = []
+    monkeypatch.setattr(model_source, "_download", lambda rid: asked.append(rid) or tmp_path / "snapshot")
+    assert resolve_model_path(repo_id, str(tmp_path / "cache")) == tmp_path / "snapshot"
+    assert asked == [repo_id]
+
+
+def test_existing_relative_folder_wins_over_hub(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "Qwen").mkdir()
+    (tmp_path / "Qwen" / "Qwen2.5-0.5B-Instruct").symlink_to(tiny_model_dir, target_is_directory=True)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(model_source, "_download", lambda rid: pytest.fail(f"looked up {rid} on the hub"))
+    assert resolve_model_path("Qwen/Qwen2.5-0.5B-Instruct", str(tmp_path / "cache")) == Path(
+        "Qwen/Qwen2.5-0.5B-Instruct"
+    )
+
+
+def test_existing_file_that_is_not_gguf(tmp_path: Path) -> None:
+    weights = tmp_path / "model.safetensors"
+    weights.write_bytes(b"")
+    with pytest.raises(ModelSourceError) as info:
+        resolve_model_path(str(weights), str(tmp_path / "cache"))
+    assert str(weights) in str(info.value)

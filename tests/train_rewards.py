@@ -1,0 +1,7 @@
+"""Test-only reward functions for full training runs (imported by path: `tests.train_rewards:<name>`)."""
+
+
+def letter_a_share(completions: list[str], answers: list[str]) -> list[float]:
+    """Share of characters that are the letter 'a': a random tiny model samples such tokens often enough that
+    GRPO can raise their probability within a few steps, which proves the sign and plumbing of the loop."""
+    return [completion.count("a") / max(1, len(completion)) for completion in completions]
