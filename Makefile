@@ -26,7 +26,7 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) cluster/launch.py --config configs/debug.yaml $(ARGS)
+	$(PY) cluster/launch.py --config configs/debug.yaml trainer.overwrite=true $(ARGS)
 
 test: $(STAMP)
 	$(PY) -m ruff check .
