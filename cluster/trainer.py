@@ -16,6 +16,7 @@ plus eval (greedy, held-out test questions) and checkpoints on their schedules.
 from __future__ import annotations
 
 import os
+import signal
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -98,13 +99,33 @@ def train(run: PreparedRun) -> int:
     run.run_dir.start(cfg, run.resume_step)
     workers = Workers.start(cfg, run.model_dir)
     loop = TrainingLoop(cfg, run, workers, tokenizer)
+    stop = StopRequest.install()
     try:
-        loop.run()
+        loop.run(stop)
     finally:
         loop.metrics.close()
         workers.shutdown()
         ray.shutdown()
-    return 0
+    # SIGINT is a user's normal way to stop early (exit 0); SIGTERM reports itself as 128 + 15, as shells do.
+    return 128 + signal.SIGTERM if stop.signum == signal.SIGTERM else 0
+
+
+class StopRequest:
+    """SIGINT / SIGTERM only raise a flag: the current step finishes, a checkpoint is written, then the run ends."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+
+    @classmethod
+    def install(cls) -> StopRequest:
+        request = cls()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, request._handle)
+        return request
+
+    def _handle(self, signum: int, frame: object) -> None:
+        tqdm.write(f"{signal.Signals(signum).name}: finishing this step, then checkpoint and stop")
+        self.signum = signum
 
 
 class TrainingLoop:
@@ -116,7 +137,7 @@ class TrainingLoop:
         self.metrics = MetricsLogger(cfg, run.run_dir, run.resume_step)
         self.prompts = {p.index: build_prompt(tokenizer, p.question) for p in run.train_problems}
 
-    def run(self) -> None:
+    def run(self, stop: StopRequest) -> None:
         cfg, start = self.cfg, self.run_info.resume_step
         if start:
             self.restore(start)
@@ -137,8 +158,10 @@ class TrainingLoop:
                 last or (cfg.trainer.eval_every and step % cfg.trainer.eval_every == 0)
             ):
                 self.evaluate(step)
-            if last or (cfg.trainer.checkpoint_every and step % cfg.trainer.checkpoint_every == 0):
+            if last or stop.signum or (cfg.trainer.checkpoint_every and step % cfg.trainer.checkpoint_every == 0):
                 self.checkpoint(step)
+            if stop.signum:
+                return
         self.workers.learner.save_hf(str(self.run_dir.final))
 
     def train_step(self, step: int) -> dict[str, Any]:
