@@ -47,6 +47,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from actors.resources import process_tree_rss_mb
 from actors.split import split_evenly
 from rewards.reward_functions import REWARD_FUNCTIONS, RewardFunction
 
@@ -438,6 +439,9 @@ class _RewardWorkerShell:
 
     def health(self) -> bool:
         return self._scorer.healthy()
+
+    def rss_mb(self) -> float:
+        return process_tree_rss_mb()
 
     def close(self) -> None:
         self._scorer.close()

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from actors.resources import process_tree_rss_mb
 from actors.split import split_evenly
 from learner.weights import Fingerprint, checksum_of, synced_names, tensor_fingerprint, weight_checksum
 
@@ -201,6 +202,9 @@ class RolloutEngine:
 
     def health(self) -> int:
         return self.policy_version
+
+    def rss_mb(self) -> float:
+        return process_tree_rss_mb()
 
 
 def _retie_lm_head(worker: Any) -> None:

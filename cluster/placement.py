@@ -6,7 +6,9 @@ handle on all of them: generate, score, greedy-evaluate, and push the learner's 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import ray
 
@@ -16,16 +18,23 @@ from actors.split import split_evenly
 from cluster.config import Config
 from learner.group import LearnerGroup
 
+T = TypeVar("T")
+
 
 class WeightSyncError(RuntimeError):
     """A rollout engine reports weights that differ from the learner's after a sync."""
 
 
+# A step's generate or score call is retried at most this often after replacing dead actors.
+MAX_ATTEMPTS = 3
+
+
 class Workers:
-    def __init__(self, cfg: Config, rollout: list, reward: list, learner: LearnerGroup) -> None:
-        self.cfg, self.rollout, self.reward, self.learner = cfg, rollout, reward, learner
+    def __init__(self, cfg: Config, model_dir: Path, rollout: list, reward: list, learner: LearnerGroup) -> None:
+        self.cfg, self.model_dir, self.rollout, self.reward, self.learner = cfg, model_dir, rollout, reward, learner
         self.policy_version = 0
         self._sync_group_open = False
+        self.faults = {"faults/rollout_restarts": 0, "faults/reward_restarts": 0}
 
     @classmethod
     def start(cls, cfg: Config, model_dir: Path) -> Workers:
@@ -40,23 +49,76 @@ class Workers:
             cfg.rollout, str(model_dir), cfg.trainer.seed, cfg.rollout.num_workers, num_gpus=cfg.rollout.gpus_per_worker
         )
         reward = create_reward_workers(reward_specs(cfg), cfg.reward.timeout_s, cfg.reward.num_workers)
-        return cls(cfg, rollout, reward, learner)
+        return cls(cfg, model_dir, rollout, reward, learner)
 
     def generate(self, prompts: list[str], seed: int, step: int) -> list[Completion]:
         seeds = [request_seed(seed, step, i) for i in range(len(prompts))]
-        return generate_with_workers(self.rollout, prompts, seeds, self.cfg.rollout.n)
+        return self._retrying_rollout(lambda: generate_with_workers(self.rollout, prompts, seeds, self.cfg.rollout.n))
 
     def generate_greedy(self, prompts: list[str]) -> list[str]:
-        chunks = [c for c in split_evenly(len(prompts), len(self.rollout)) if len(c)]
-        calls = [
-            w.generate_greedy.remote(prompts[c.start : c.stop])
-            for w, c in zip(self.rollout[: len(chunks)], chunks, strict=True)
-        ]
-        return [text for part in ray.get(calls) for text in part]
+        def call() -> list[str]:
+            chunks = [c for c in split_evenly(len(prompts), len(self.rollout)) if len(c)]
+            calls = [
+                w.generate_greedy.remote(prompts[c.start : c.stop])
+                for w, c in zip(self.rollout[: len(chunks)], chunks, strict=True)
+            ]
+            return [text for part in ray.get(calls) for text in part]
+
+        return self._retrying_rollout(call)
 
     def score(self, completions: list[Completion] | list[str], golds: list[str]) -> ScoredBatch:
         texts = [c if isinstance(c, str) else c.text for c in completions]
-        return score_with_workers(self.reward, texts, golds)
+        for attempt in range(1, MAX_ATTEMPTS + 1):
+            try:
+                return score_with_workers(self.reward, texts, golds)
+            except ray.exceptions.RayActorError:
+                if attempt == MAX_ATTEMPTS:
+                    raise
+                for index in _dead(self.reward):
+                    ray.kill(self.reward[index])
+                    [self.reward[index]] = create_reward_workers(reward_specs(self.cfg), self.cfg.reward.timeout_s, 1)
+                    self.faults["faults/reward_restarts"] += 1
+        raise AssertionError("unreachable")
+
+    def _retrying_rollout(self, call: Callable[[], T]) -> T:
+        """Run a rollout call; if an engine died, start a new one, give it the current weights, and redo the call.
+
+        Seeds are per prompt, so the redone call samples exactly what the lost one would have.
+        """
+        for attempt in range(1, MAX_ATTEMPTS + 1):
+            try:
+                return call()
+            except ray.exceptions.RayActorError:
+                if attempt == MAX_ATTEMPTS:
+                    raise
+                self._replace_dead_rollout_workers()
+        raise AssertionError("unreachable")
+
+    def _replace_dead_rollout_workers(self) -> None:
+        dead = _dead(self.rollout)
+        for index in dead:
+            ray.kill(self.rollout[index])
+            [self.rollout[index]] = create_rollout_workers(
+                self.cfg.rollout,
+                str(self.model_dir),
+                self.cfg.trainer.seed,
+                1,
+                num_gpus=self.cfg.rollout.gpus_per_worker,
+            )
+            self.faults["faults/rollout_restarts"] += 1
+        if dead and self.policy_version > 0:  # a new engine starts from the initial weights: bring it up to date
+            self._sync_group_open = False  # a collective group lost a member; build a new one over every engine
+            self.sync_weights(self.policy_version)
+
+    def memory(self) -> dict[str, float]:
+        """Largest resident memory per actor kind, MiB (a reward worker counts its scoring child)."""
+        rollout = ray.get([w.rss_mb.remote() for w in self.rollout])
+        reward = ray.get([w.rss_mb.remote() for w in self.reward])
+        return {
+            "memory/rollout_rss_mb": max(rollout),
+            "memory/reward_rss_mb": max(reward),
+            "memory/learner_rss_mb": max(self.learner.rss_mb()),
+        }
 
     def sync_weights(self, version: int) -> None:
         """Push the learner's weights into every engine, tagged with `version`; verify every engine's checksum.
@@ -80,6 +142,17 @@ class Workers:
         for handle in [*self.rollout, *self.reward]:
             ray.kill(handle)
         self.learner.shutdown()
+
+
+def _dead(actors: list) -> list[int]:
+    """Indices of actors that no longer answer."""
+    dead = []
+    for index, actor in enumerate(actors):
+        try:
+            ray.get(actor.health.remote(), timeout=30)
+        except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+            dead.append(index)
+    return dead
 
 
 def reward_specs(cfg: Config) -> list[str]:

@@ -31,7 +31,7 @@ def build_step_records(
     completions: list[Completion],
     scored: ScoredBatch,
     advantages: list[float],
-    train_metrics: dict[str, float],
+    extra_metrics: dict[str, float],
     timings: dict[str, float],
     group_size: int,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -61,7 +61,7 @@ def build_step_records(
         **reward_metrics([line["total"] for line in lines], scored.scores, group_size),
         "rewards/errors": scored.errors,
         "rewards/timeouts": scored.timeouts,
-        **train_metrics,
+        **extra_metrics,
         **timings,
         "throughput/tokens_per_s": tokens / timings["time/rollout"],
         "rollout/tokens_mean": statistics.fmean(line["num_tokens"] for line in lines),

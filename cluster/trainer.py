@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from tqdm import tqdm
 
+from actors.resources import process_tree_rss_mb
 from cluster.config import Config
 from cluster.data import DataError, Problem, build_prompt, eval_problem_indices, load_problems, step_problem_indices
 from cluster.model_source import resolve_model_path
@@ -180,8 +181,17 @@ class TrainingLoop:
             with timed(timings, "sync"):
                 if not train_metrics["train/skipped"]:  # a skipped update leaves the weights, so nothing to push
                     self.workers.sync_weights(version=step)
+        # The driver alone: its children are the local Ray cluster's own processes.
+        memory = {"memory/driver_rss_mb": process_tree_rss_mb(include_children=False), **self.workers.memory()}
         record, rollout_lines = build_step_records(
-            step, problems, completions, scored, advantages.tolist(), train_metrics, timings, cfg.rollout.n
+            step,
+            problems,
+            completions,
+            scored,
+            advantages.tolist(),
+            {**train_metrics, **self.workers.faults, **memory},
+            timings,
+            cfg.rollout.n,
         )
         self.run_dir.append(self.run_dir.rollouts_path, rollout_lines)
         self.metrics.log(record)

@@ -94,6 +94,9 @@ class LearnerGroup:
     def load_checkpoint(self, ckpt_dir: str) -> None:
         self._all("load_checkpoint", ckpt_dir)
 
+    def rss_mb(self) -> list[float]:
+        return self._all("rss_mb")
+
     def set_nan_hook(self, step: int | None) -> None:
         self._all("set_nan_hook", step)
 

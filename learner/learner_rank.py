@@ -85,7 +85,9 @@ class LearnerRank:
         self.sync_dtype = torch_dtype(sync_dtype)
         self.tied = bool(getattr(self.hf_config, "tie_word_embeddings", False))
         self.skipped_steps = 0
-        self.nan_hook_step: int | None = None
+        # Test-only fault injection: the loss of this (1-based) learner step becomes NaN.
+        hook = os.environ.get("GRPO_TEST_NAN_AT_STEP")
+        self.nan_hook_step: int | None = int(hook) if hook else None
         self.steps_done = 0
 
     # ---- training -------------------------------------------------------------------------------------------
@@ -275,6 +277,11 @@ class LearnerRank:
 
     def ready(self) -> int:
         return self.rank
+
+    def rss_mb(self) -> float:
+        from actors.resources import process_tree_rss_mb
+
+        return process_tree_rss_mb()
 
     def shutdown(self) -> None:
         if dist.is_initialized():
