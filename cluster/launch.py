@@ -19,6 +19,7 @@ if str(REPO_ROOT) not in sys.path:
 from cluster.config import ConfigError, load_config  # noqa: E402
 
 EXIT_BAD_INPUT = 2
+EXIT_LEARNER_DIED = 3
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -43,8 +44,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
     from cluster.trainer import train
+    from learner.group import LearnerRankDiedError
 
-    return train(run)
+    try:
+        return train(run)
+    except LearnerRankDiedError as err:
+        latest = run.run_dir.latest_checkpoint()
+        where = f"checkpoint step_{latest} is intact" if latest else "no checkpoint was written yet"
+        print(f"error: {err}; {where}; continue with trainer.resume=true", file=sys.stderr)
+        return EXIT_LEARNER_DIED
 
 
 if __name__ == "__main__":

@@ -26,6 +26,10 @@ def _node_address_and_port() -> tuple[str, int]:
     return ray.util.get_node_ip_address(), free_port()
 
 
+class LearnerRankDiedError(RuntimeError):
+    """A learner rank's process died; the run cannot go on without it (resume from the last checkpoint)."""
+
+
 class LearnerGroup:
     def __init__(
         self,
@@ -34,32 +38,48 @@ class LearnerGroup:
         sync_dtype: str,
         seed: int,
         num_gpus_per_rank: float = 0,
-        env_vars: dict[str, str] | None = None,
     ) -> None:
         self.cfg = cfg
         # The rendezvous lives where rank 0 will run; with placement groups that is the first bundle's node.
         addr, port = ray.get(_node_address_and_port.remote())
         actor_cls = ray.remote(LearnerRank)
         self.ranks = [
-            actor_cls.options(num_cpus=1, num_gpus=num_gpus_per_rank, runtime_env={"env_vars": env_vars or {}}).remote(
+            actor_cls.options(num_cpus=1, num_gpus=num_gpus_per_rank).remote(
                 rank, cfg.num_ranks, addr, port, model_dir, cfg, sync_dtype, seed
             )
             for rank in range(cfg.num_ranks)
         ]
-        ray.get([r.ready.remote() for r in self.ranks])
+        self._gather([r.ready.remote() for r in self.ranks], "start")
+
+    @staticmethod
+    def _gather(refs: list[ray.ObjectRef], what: str) -> list[Any]:
+        """Results in rank order, taking them as they finish: a dead rank is reported at once, by number, instead
+        of the live ranks blocking in a collective that waits for it (gloo's timeout is 30 minutes)."""
+        results: dict[int, Any] = {}
+        pending = list(refs)
+        while pending:
+            [ready], pending = ray.wait(pending, num_returns=1)
+            rank = refs.index(ready)
+            try:
+                results[rank] = ray.get(ready)
+            except ray.exceptions.RayActorError as err:
+                raise LearnerRankDiedError(f"learner rank {rank} died during {what}: {err.__class__.__name__}") from err
+        return [results[rank] for rank in range(len(refs))]
 
     def _all(self, method: str, *args: Any) -> list[Any]:
-        return ray.get([getattr(rank, method).remote(*args) for rank in self.ranks])
+        return self._gather([getattr(rank, method).remote(*args) for rank in self.ranks], method)
 
     def train_step(self, batch: TrainBatch) -> dict[str, float]:
         total = batch.num_tokens
         shards = [batch.rows(chunk) for chunk in split_evenly(len(batch), len(self.ranks))]
-        results = ray.get([r.train_step.remote(s, total) for r, s in zip(self.ranks, shards, strict=True)])
+        results = self._gather(
+            [r.train_step.remote(s, total) for r, s in zip(self.ranks, shards, strict=True)], "train_step"
+        )
         return results[0]  # every rank returns the same all-reduced metrics
 
     def logprobs(self, batch: TrainBatch) -> list[list[float]]:
         shards = [batch.rows(chunk) for chunk in split_evenly(len(batch), len(self.ranks))]
-        parts = ray.get([r.logprobs.remote(s) for r, s in zip(self.ranks, shards, strict=True)])
+        parts = self._gather([r.logprobs.remote(s) for r, s in zip(self.ranks, shards, strict=True)], "logprobs")
         return [row for part in parts for row in part]
 
     def publish_weights(self) -> tuple[ray.ObjectRef, str]:
@@ -79,7 +99,7 @@ class LearnerGroup:
         """`collective` transport: one bucketed broadcast; returns the learner's and each engine's checksum."""
         sends = [rank.broadcast_weights.remote() for rank in self.ranks]
         receives = [w.receive_weights.remote(version) for w in rollout_workers]
-        learner_checksums = ray.get(sends)
+        learner_checksums = self._gather(sends, "broadcast_weights")
         return learner_checksums[0], ray.get(receives)
 
     def checksum(self) -> str:

@@ -108,3 +108,61 @@ def test_memory_stays_flat_over_50_steps(tiny_model_dir: Path, tmp_path: Path) -
             f"{key}: peak steps 6-10 {at_10:.0f} MiB, steps 46-50 {at_50:.0f} MiB ({100 * (at_50 / at_10 - 1):+.1f}%)"
         )
         assert at_50 <= 1.10 * at_10, key
+
+
+def test_learner_rank_death_stops_clearly_and_resumes(tiny_model_dir: Path, tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    base = tiny_run_overrides(tiny_model_dir, run_dir, "learner.num_ranks=2", "trainer.checkpoint_every=2")
+    killed: list[int] = []
+    stop = threading.Event()
+    killer = threading.Thread(
+        target=_kill_actor_when, args=(run_dir, "ray::LearnerRank.train_step", 3, killed, stop), daemon=True
+    )
+    killer.start()
+    proc = subprocess.run(
+        launch_command([*base, "trainer.total_steps=8"]), cwd=REPO_ROOT, capture_output=True, text=True, timeout=600
+    )
+    stop.set()
+    killer.join()
+    assert killed and proc.returncode == 3, proc.stderr[-4000:]
+    [message] = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert "learner rank" in message and "died during train_step" in message and "resume" in message
+    latest = max(int(p.name.removeprefix("step_")) for p in (run_dir / "checkpoints").glob("step_*"))
+    assert f"checkpoint step_{latest} is intact" in message
+    assert (run_dir / "checkpoints" / f"step_{latest}" / "trainer_state.json").is_file()
+
+    resumed = subprocess.run(
+        launch_command([*base, "trainer.total_steps=5", "trainer.resume=true"]),
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    assert [r["step"] for r in _records(run_dir)] == [1, 2, 3, 4, 5]
+
+
+def test_misbehaving_reward_functions_inside_a_run(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """Hang, raise, NaN and a string: each scores 0, is counted, and every step still completes."""
+    run_dir = tmp_path / "run"
+    faults = ",".join(
+        f"tests.reward_faults:{name}" for name in ("hang_forever", "raise_error", "return_nan", "return_string")
+    )
+    overrides = tiny_run_overrides(
+        tiny_model_dir,
+        run_dir,
+        "trainer.total_steps=2",
+        "trainer.checkpoint_every=0",
+        "data.prompts_per_step=2",
+        "rollout.n=2",
+        "reward.timeout_s=0.5",
+        f"reward.functions=correctness,{faults}",
+    )
+    proc = subprocess.run(launch_command(overrides), cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    completions = 2 * 2
+    for record in _records(run_dir):
+        assert record["rewards/timeouts"] == completions  # hang_forever, cut at 0.5 s each time
+        assert record["rewards/errors"] == 3 * completions  # raise, NaN, string
+        for name in ("hang_forever", "raise_error", "return_nan", "return_string"):
+            assert record[f"rewards/{name}/mean"] == 0.0
