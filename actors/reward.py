@@ -1,31 +1,24 @@
 """Reward scoring with a time bound per completion, and the Ray actor around it.
 
-`RewardScorer` (plain Python, no Ray) runs the reward functions in one long-lived child process. The child
-lives across batches; it is replaced only after it was killed for running past the time bound (or died).
+`RewardScorer` (plain Python, no Ray) runs the reward functions in one long-lived child process, replaced
+only after it was killed at the time bound or died. Per chunk of at most ``chunk_size`` completions:
 
-How a batch is scored:
+- The parent sends the chunk over a pipe. The child calls ``fn([completion], [answer])[0]`` for every
+  (completion i, function f) and writes into shared memory each result's value and status, the index of the
+  (i, f) it is running and when it started completion i. Only errors and "done" cross the pipe, which keeps
+  the throughput at tens of thousands of completions per second.
+- The parent waits on the pipe until the running completion's start + ``timeout_s``. Past that, the running
+  function scores 0 as a timeout and the child is SIGKILLed (the only thing that stops both a
+  ``time.sleep(3600)`` and a busy loop that ignores signals); a new child resumes at the next function with
+  a fresh budget, so one completion takes at most (#functions x timeout_s).
+- A function that raises, returns a non-number (bools included) or a non-finite number, or during which the
+  child died, scores 0 and counts in ``errors``. A child that died before it took the chunk (killed from
+  outside between batches) is replaced without blaming anyone.
 
-- The parent sends the batch (in chunks of at most ``chunk_size`` completions) over a pipe. The child calls
-  ``fn([completion], [answer])[0]`` for every (completion i, function f) in order and writes, into shared
-  memory, the value and status of each (i, f), the index of the (i, f) it is running, and the monotonic time
-  at which it started completion i. Nothing crosses the pipe per result, which keeps the throughput at tens of
-  thousands of completions per second; one message says the chunk is done.
-- The parent sleeps on the pipe until the deadline of the completion that is running (its start + timeout_s).
-  When the deadline passes, the running function scores 0 and counts as a timeout, the child is SIGKILLed
-  (this stops ``time.sleep(3600)`` and a busy loop that ignores signals alike), a fresh child is started and
-  scoring resumes at the next function. The rest of that completion's functions get a fresh ``timeout_s``
-  from the moment the new child starts on them, so one completion can take at most (#functions x timeout_s).
-- A function that raises, returns a bool or a non-number, or returns a non-finite number scores 0 for that
-  completion and counts in ``errors``; so does a function during which the child process died. A child that
-  died before it took the chunk (killed from outside between batches) is replaced without blaming anyone.
-
-The child dies with its parent: it gets SIGKILL from the kernel when the parent dies (Linux prctl, which also
-stops C code that holds the GIL), and it exits when the pipe to its parent closes.
-
-The child is started with multiprocessing's spawn method, so the usual rule holds: a script that creates a
-`RewardScorer` at import time must do so under ``if __name__ == "__main__":``. Ray is imported only by the
-actor shell (`RewardWorker`, `score_with_workers`), so a child imports little and starts in ~0.07 s (~0.4 s
-inside a Ray worker, where spawn re-imports the worker's main module).
+The child dies with its parent: the kernel SIGKILLs it (prctl, which also stops C code holding the GIL), and
+it exits when the pipe closes. It is started with spawn, so a script that creates a `RewardScorer` at import
+time must do so under ``if __name__ == "__main__":``; Ray is imported only by the actor functions, so the
+child imports little and starts in ~0.07 s (~0.4 s inside a Ray worker, which spawn re-imports).
 """
 
 from __future__ import annotations
@@ -39,8 +32,6 @@ import multiprocessing
 import numbers
 import os
 import signal
-import sys
-import threading
 import time
 import weakref
 from collections.abc import Sequence
@@ -57,29 +48,10 @@ DEFAULT_REWARD_SPECS: tuple[str, ...] = ("correctness", "digit", "hard_format", 
 
 # Status of one (completion, function) result in shared memory.
 _PENDING, _OK, _ERROR, _TIMEOUT = 0, 1, 2, 3
-# Error texts a child reports per chunk (the count is exact regardless; the texts are for the logs).
+# Error texts kept per batch (the counts are exact; the texts are for the logs).
 _MAX_ERROR_MESSAGES = 5
-
-
-def _load_spec(spec: str) -> tuple[str, RewardFunction]:
-    if ":" not in spec:
-        if spec in REWARD_FUNCTIONS:
-            return spec, REWARD_FUNCTIONS[spec]
-        raise ValueError(
-            f"unknown reward function {spec!r}: expected one of {sorted(REWARD_FUNCTIONS)} "
-            "or an import path 'package.module:function'"
-        )
-    module_name, _, attr = spec.partition(":")
-    if not module_name or not attr:
-        raise ValueError(f"reward function {spec!r} is not of the form 'package.module:function'")
-    try:
-        module = importlib.import_module(module_name)
-    except Exception as exc:
-        raise ValueError(f"reward function {spec!r}: cannot import {module_name!r}: {exc!r}") from exc
-    fn = getattr(module, attr, None)
-    if not callable(fn):
-        raise ValueError(f"reward function {spec!r}: {module_name!r} has no callable {attr!r}")
-    return attr, fn
+# Spawning re-imports the parent's main module, which in a Ray worker can be slow.
+_STARTUP_TIMEOUT_S = 120.0
 
 
 def resolve_reward_functions(specs: Sequence[str]) -> dict[str, RewardFunction]:
@@ -88,13 +60,25 @@ def resolve_reward_functions(specs: Sequence[str]) -> dict[str, RewardFunction]:
     The name of an import path is the part after the colon. Raises ValueError naming the spec for an
     unknown name, a failing import, a duplicate name or the reserved name ``total``.
     """
-    if isinstance(specs, str):
-        raise ValueError(f"reward function specs must be a sequence of strings, got the string {specs!r}")
     if not specs:
         raise ValueError("no reward functions given")
     functions: dict[str, RewardFunction] = {}
     for spec in specs:
-        name, fn = _load_spec(spec)
+        module_name, colon, name = spec.partition(":")
+        if not colon:
+            if spec not in REWARD_FUNCTIONS:
+                raise ValueError(
+                    f"unknown reward function {spec!r}: expected one of {sorted(REWARD_FUNCTIONS)} "
+                    "or an import path 'package.module:function'"
+                )
+            name, fn = spec, REWARD_FUNCTIONS[spec]
+        else:
+            try:
+                fn = getattr(importlib.import_module(module_name), name, None)
+            except Exception as exc:  # an empty module name is a ValueError here too
+                raise ValueError(f"reward function {spec!r}: cannot import {module_name!r}: {exc!r}") from exc
+            if not callable(fn):
+                raise ValueError(f"reward function {spec!r}: {module_name!r} has no callable {name!r}")
         if name == "total":
             raise ValueError(f"reward function {spec!r}: the name 'total' is reserved for the sum")
         if name in functions:
@@ -117,52 +101,20 @@ class ScoredBatch:
     """A few of the error and timeout descriptions, for the logs (not all of them)."""
 
 
-# ---------------------------------------------------------------------------------------------------------
-# The child process.
+def _problem(value: Any) -> str | None:
+    """None when ``value`` is a usable score, else what is wrong with it."""
+    # `type is float` first: the common case skips the slower ABC check.
+    if type(value) is not float and (isinstance(value, bool) or not isinstance(value, numbers.Real)):
+        return f"returned {type(value).__name__} {value!r:.60}, not a number"
+    return None if math.isfinite(value) else f"returned the non-finite value {value!r}"
 
 
-def _die_with_parent(parent_pid: int) -> None:
-    """Make sure this process does not outlive the parent, even while stuck in C code holding the GIL."""
-    armed = False
-    if sys.platform.startswith("linux"):
-        try:
-            libc = ctypes.CDLL(None, use_errno=True)
-            pr_set_pdeathsig = 1
-            armed = libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0) == 0
-        except (OSError, AttributeError):
-            armed = False
+def _child_main(specs: tuple[str, ...], conn: Any, shared: tuple[Any, ...], parent_pid: int) -> None:
+    """Score chunks sent by the parent until the pipe closes; see the module docstring for the protocol."""
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None).prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
     if os.getppid() != parent_pid:  # the parent died before prctl took effect
         os._exit(1)
-    if not armed:  # fallback: notice the parent's death from a thread (covers Python-level loops)
-
-        def watch() -> None:
-            while os.getppid() == parent_pid:
-                time.sleep(1.0)
-            os._exit(1)
-
-        threading.Thread(target=watch, name="parent-watch", daemon=True).start()
-
-
-def _check_value(value: Any) -> str | None:
-    """None when ``value`` is a usable score, else what is wrong with it."""
-    if type(value) is float:  # the common case, fast
-        return None if math.isfinite(value) else f"returned the non-finite value {value!r}"
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        return f"returned {type(value).__name__} {value!r:.60}, not a number"
-    return None if math.isfinite(float(value)) else f"returned the non-finite value {value!r}"
-
-
-def _child_main(
-    specs: tuple[str, ...],
-    conn: Any,
-    values: Any,
-    status: Any,
-    cursor: Any,
-    starts: Any,
-    parent_pid: int,
-) -> None:
-    """Score chunks sent by the parent until the pipe closes; see the module docstring for the protocol."""
-    _die_with_parent(parent_pid)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     try:
         functions = list(resolve_reward_functions(specs).values())
@@ -170,29 +122,25 @@ def _child_main(
         conn.send(("failed", repr(exc)))
         return
     conn.send(("ready", os.getpid()))
+    values, status, cursor, starts = shared
     num_fns = len(functions)
-    monotonic = time.monotonic
     while True:
         try:
-            message = conn.recv()
+            completions, answers, k_start = conn.recv()
         except (EOFError, OSError):
             return
-        if message is None:
-            return
-        completions, answers, k_start = message
         cursor[1] = 1  # taken: from here on, a death is blamed on the function that runs
         reported = 0
         i_start, f_start = divmod(k_start, num_fns)
         for i in range(i_start, len(completions)):
             completion, answer = completions[i], answers[i]
-            base = i * num_fns
-            starts[i] = monotonic()
+            starts[i] = time.monotonic()
             for f in range(f_start if i == i_start else 0, num_fns):
-                k = base + f
+                k = i * num_fns + f
                 cursor[0] = k
                 try:
                     value = functions[f]([completion], [answer])[0]
-                    problem = _check_value(value)
+                    problem = _problem(value)
                 except Exception as exc:
                     problem = f"raised {type(exc).__name__}: {exc}"
                 if problem is None:
@@ -204,10 +152,6 @@ def _child_main(
                         conn.send(("error", k, problem))
                         reported += 1
         conn.send(("done",))
-
-
-# ---------------------------------------------------------------------------------------------------------
-# The parent side.
 
 
 def _kill(process: Any, conn: Any) -> None:
@@ -225,22 +169,12 @@ class RewardScorer:
     """
 
     def __init__(
-        self,
-        specs: Sequence[str] = DEFAULT_REWARD_SPECS,
-        timeout_s: float = 5.0,
-        *,
-        chunk_size: int = 4096,
-        startup_timeout_s: float = 120.0,
+        self, specs: Sequence[str] = DEFAULT_REWARD_SPECS, timeout_s: float = 5.0, *, chunk_size: int = 4096
     ) -> None:
-        if not timeout_s > 0:
-            raise ValueError(f"timeout_s must be > 0, got {timeout_s!r}")
-        if chunk_size < 1:
-            raise ValueError(f"chunk_size must be >= 1, got {chunk_size!r}")
         self.specs = tuple(specs)
         self.names = list(resolve_reward_functions(self.specs))  # fail early, here, on a bad spec
         self.timeout_s = float(timeout_s)
         self.chunk_size = chunk_size
-        self.startup_timeout_s = startup_timeout_s
         self.restarts = 0
         """Children started after the first one (after a kill or a crash)."""
         self._ctx = multiprocessing.get_context("spawn")
@@ -255,35 +189,29 @@ class RewardScorer:
         self._closed = False
         self._start_child()
 
-    # -- child lifecycle --------------------------------------------------------------------------------
-
     @property
     def child_pid(self) -> int | None:
         return self._process.pid if self._process is not None else None
 
     def _start_child(self) -> None:
         parent_conn, child_conn = self._ctx.Pipe(duplex=True)
+        shared = (self._values, self._status, self._cursor, self._starts)
         process = self._ctx.Process(
-            target=_child_main,
-            args=(self.specs, child_conn, self._values, self._status, self._cursor, self._starts, os.getpid()),
-            name="reward-scorer",
-            daemon=True,
+            target=_child_main, args=(self.specs, child_conn, shared, os.getpid()), name="reward-scorer", daemon=True
         )
         process.start()
         child_conn.close()  # so that the parent sees EOF when the child dies
         try:
-            if not parent_conn.poll(self.startup_timeout_s):
-                raise RuntimeError(f"reward scorer child did not start in {self.startup_timeout_s} s")
-            message = parent_conn.recv()
-        except EOFError:
+            if not parent_conn.poll(_STARTUP_TIMEOUT_S):
+                raise RuntimeError(f"reward scorer child did not start in {_STARTUP_TIMEOUT_S} s")
+            kind, detail = parent_conn.recv()
+            if kind != "ready":
+                raise RuntimeError(f"reward scorer child failed to start: {detail}")
+        except BaseException as exc:
             _kill(process, parent_conn)
-            raise RuntimeError(f"reward scorer child died while starting (exit code {process.exitcode})") from None
-        except BaseException:
-            _kill(process, parent_conn)
+            if isinstance(exc, EOFError):
+                raise RuntimeError(f"reward scorer child died while starting (exit code {process.exitcode})") from None
             raise
-        if message[0] != "ready":
-            _kill(process, parent_conn)
-            raise RuntimeError(f"reward scorer child failed to start: {message[1]}")
         self._process, self._conn = process, parent_conn
         self._finalizer = weakref.finalize(self, _kill, process, parent_conn)
 
@@ -295,14 +223,10 @@ class RewardScorer:
     def _ensure_child(self) -> None:
         if self._closed:
             raise RuntimeError("RewardScorer is closed")
-        if self._process is not None and self._process.is_alive():
-            return
         if self._process is not None:
-            logger.warning(
-                "reward scorer child %s is gone (exit code %s); starting a new one",
-                self._process.pid,
-                self._process.exitcode,
-            )
+            if self._process.is_alive():
+                return
+            logger.warning("reward scorer child %s is gone (exit code %s)", self._process.pid, self._process.exitcode)
             self._stop_child()
         self._start_child()
         self.restarts += 1
@@ -327,36 +251,29 @@ class RewardScorer:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    # -- scoring ----------------------------------------------------------------------------------------
-
     def score_batch(self, completions: list[str], answers: list[str]) -> ScoredBatch:
         """Score every completion against its gold answer with every function; see the module docstring."""
         if len(completions) != len(answers):
             raise ValueError(f"got {len(completions)} completions but {len(answers)} answers")
         batch = ScoredBatch(scores=[])
-        for start in range(0, len(completions), self.chunk_size):
-            stop = start + self.chunk_size
-            self._score_chunk(list(completions[start:stop]), list(answers[start:stop]), batch)
-        return batch
-
-    def _score_chunk(self, completions: list[str], answers: list[str], batch: ScoredBatch) -> None:
         num_fns = len(self.names)
-        total = len(completions) * num_fns
-        status = self._status
-        ctypes.memset(ctypes.addressof(status), _PENDING, total)
-        try:
-            self._run_chunk(completions, answers, batch)
-        except BaseException:
-            self._stop_child()  # e.g. KeyboardInterrupt: never leave a busy child behind for the next batch
-            raise
-        values = self._values[:total]
-        codes = status[:total]
-        batch.errors += codes.count(_ERROR)
-        batch.timeouts += codes.count(_TIMEOUT)
-        for base in range(0, total, num_fns):
-            row = {name: (values[base + f] if codes[base + f] == _OK else 0.0) for f, name in enumerate(self.names)}
-            row["total"] = sum(row.values())
-            batch.scores.append(row)
+        for start in range(0, len(completions), self.chunk_size):
+            chunk = slice(start, start + self.chunk_size)
+            total = len(completions[chunk]) * num_fns
+            ctypes.memset(ctypes.addressof(self._status), _PENDING, total)
+            try:
+                self._run_chunk(completions[chunk], answers[chunk], batch)
+            except BaseException:
+                self._stop_child()  # e.g. KeyboardInterrupt: never leave a busy child behind for the next batch
+                raise
+            values, codes = self._values[:total], self._status[:total]
+            batch.errors += codes.count(_ERROR)
+            batch.timeouts += codes.count(_TIMEOUT)
+            for base in range(0, total, num_fns):
+                row = {name: values[base + f] if codes[base + f] == _OK else 0.0 for f, name in enumerate(self.names)}
+                row["total"] = sum(row.values())
+                batch.scores.append(row)
+        return batch
 
     def _run_chunk(self, completions: list[str], answers: list[str], batch: ScoredBatch) -> None:
         """Run the child over the chunk, replacing it after each kill, until every (i, f) has a status."""
@@ -413,38 +330,23 @@ class RewardScorer:
                 return "crash", cursor[0]
             if message[0] == "done":
                 return "done", -1
-            if message[0] == "error":
-                self._note(batch, message[1], message[2])
+            self._note(batch, message[1], message[2])  # an "error" message
 
     def _note(self, batch: ScoredBatch, k: int, problem: str) -> None:
         if len(batch.error_messages) < _MAX_ERROR_MESSAGES:
-            name = self.names[k % len(self.names)]
-            text = f"reward function {name!r} {problem}"
+            text = f"reward function {self.names[k % len(self.names)]!r} {problem}"
             batch.error_messages.append(text)
             logger.warning("%s", text)
 
 
-# ---------------------------------------------------------------------------------------------------------
-# The Ray actor shell.
-
-
-class _RewardWorkerShell:
-    """A `RewardScorer` in a Ray actor; `create_reward_workers` starts them."""
-
-    def __init__(self, specs: Sequence[str] = DEFAULT_REWARD_SPECS, timeout_s: float = 5.0) -> None:
-        self._scorer = RewardScorer(specs, timeout_s)
-
-    def score_batch(self, completions: list[str], answers: list[str]) -> ScoredBatch:
-        return self._scorer.score_batch(completions, answers)
+class _RewardWorkerShell(RewardScorer):
+    """The Ray actor: a `RewardScorer` that also reports its health and memory; `create_reward_workers`."""
 
     def health(self) -> bool:
-        return self._scorer.healthy()
+        return self.healthy()
 
     def rss_mb(self) -> float:
         return process_tree_rss_mb()
-
-    def close(self) -> None:
-        self._scorer.close()
 
 
 def create_reward_workers(specs: Sequence[str], timeout_s: float, count: int) -> list[Any]:
@@ -461,8 +363,6 @@ def score_with_workers(workers: Sequence[Any], completions: list[str], answers: 
     """Score a batch on W reward actors: contiguous, near-equal chunks, one `ray.get`, merged in order."""
     import ray
 
-    if not workers:
-        raise ValueError("no reward workers given")
     if len(completions) != len(answers):
         raise ValueError(f"got {len(completions)} completions but {len(answers)} answers")
     refs = [

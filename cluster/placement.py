@@ -111,12 +111,13 @@ class Workers:
             self.sync_weights(self.policy_version)
 
     def memory(self) -> dict[str, float]:
-        """Largest resident memory per actor kind, MiB (a reward worker counts its scoring child)."""
-        rollout = ray.get([w.rss_mb.remote() for w in self.rollout])
-        reward = ray.get([w.rss_mb.remote() for w in self.reward])
+        """Largest resident memory per actor kind, MiB (a reward worker counts its scoring child).
+
+        An actor that died since its last call is left out here; its next generate or score call replaces it.
+        """
         return {
-            "memory/rollout_rss_mb": max(rollout),
-            "memory/reward_rss_mb": max(reward),
+            "memory/rollout_rss_mb": _max_rss(self.rollout),
+            "memory/reward_rss_mb": _max_rss(self.reward),
             "memory/learner_rss_mb": max(self.learner.rss_mb()),
         }
 
@@ -142,6 +143,16 @@ class Workers:
         for handle in [*self.rollout, *self.reward]:
             ray.kill(handle)
         self.learner.shutdown()
+
+
+def _max_rss(actors: list) -> float:
+    sizes = []
+    for actor in actors:
+        try:
+            sizes.append(ray.get(actor.rss_mb.remote(), timeout=30))
+        except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+            continue
+    return max(sizes, default=float("nan"))
 
 
 def _dead(actors: list) -> list[int]:

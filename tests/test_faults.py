@@ -22,29 +22,47 @@ def _records(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def _kill_actor_when(run_dir: Path, title: str, after_step: int, killed: list[int], stop: threading.Event) -> None:
-    """SIGKILL the first process whose Ray title starts with `title` once `after_step` steps are logged."""
+def _kill_actor_when(
+    driver: subprocess.Popen, run_dir: Path, title: str, after_step: int, killed: list[int], stop: threading.Event
+) -> None:
+    """SIGKILL the first process of this run whose Ray title starts with `title` once `after_step` steps are logged.
+
+    Only the driver's own descendants are candidates, so runs of other tests or users on the machine are safe.
+    """
     while not stop.is_set():
         if len(_records(run_dir)) >= after_step:
-            for proc in psutil.process_iter(["pid", "cmdline"]):
-                cmdline = " ".join(proc.info["cmdline"] or [])
+            try:
+                processes = psutil.Process(driver.pid).children(recursive=True)
+            except psutil.NoSuchProcess:
+                return
+            for proc in processes:
+                try:
+                    cmdline = " ".join(proc.cmdline())
+                except psutil.NoSuchProcess:
+                    continue
                 if cmdline.startswith(title):
-                    os.kill(proc.info["pid"], signal.SIGKILL)
-                    killed.append(proc.info["pid"])
+                    os.kill(proc.pid, signal.SIGKILL)
+                    killed.append(proc.pid)
                     return
         time.sleep(0.005)
 
 
-def _run_with_killer(run_dir: Path, overrides: list[str], title: str, after_step: int) -> list[int]:
+def _run_with_killer(
+    run_dir: Path, overrides: list[str], title: str, after_step: int
+) -> tuple[subprocess.CompletedProcess, list[int]]:
     killed: list[int] = []
     stop = threading.Event()
-    killer = threading.Thread(target=_kill_actor_when, args=(run_dir, title, after_step, killed, stop), daemon=True)
+    driver = subprocess.Popen(
+        launch_command(overrides), cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    killer = threading.Thread(
+        target=_kill_actor_when, args=(driver, run_dir, title, after_step, killed, stop), daemon=True
+    )
     killer.start()
-    proc = subprocess.run(launch_command(overrides), cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    stdout, stderr = driver.communicate(timeout=600)
     stop.set()
     killer.join()
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return killed
+    return subprocess.CompletedProcess(driver.args, driver.returncode, stdout, stderr), killed
 
 
 def test_rollout_worker_killed_mid_generate_is_replaced(tiny_model_dir: Path, tmp_path: Path) -> None:
@@ -57,7 +75,8 @@ def test_rollout_worker_killed_mid_generate_is_replaced(tiny_model_dir: Path, tm
         "rollout.max_tokens=96",
         "trainer.checkpoint_every=0",
     )
-    killed = _run_with_killer(run_dir, overrides, "ray::RolloutEngine.generate", after_step=2)
+    proc, killed = _run_with_killer(run_dir, overrides, "ray::RolloutEngine.generate", after_step=2)
+    assert proc.returncode == 0, proc.stderr[-4000:]
     assert killed, "no rollout engine was caught generating"
     records = _records(run_dir)
     assert [r["step"] for r in records] == [1, 2, 3, 4, 5]
@@ -68,7 +87,8 @@ def test_rollout_worker_killed_mid_generate_is_replaced(tiny_model_dir: Path, tm
 def test_reward_worker_killed_is_replaced(tiny_model_dir: Path, tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     overrides = tiny_run_overrides(tiny_model_dir, run_dir, "trainer.total_steps=4", "trainer.checkpoint_every=0")
-    killed = _run_with_killer(run_dir, overrides, "ray::_RewardWorkerShell", after_step=2)
+    proc, killed = _run_with_killer(run_dir, overrides, "ray::_RewardWorkerShell", after_step=2)
+    assert proc.returncode == 0, proc.stderr[-4000:]
     assert killed
     records = _records(run_dir)
     assert [r["step"] for r in records] == [1, 2, 3, 4]
@@ -113,17 +133,7 @@ def test_memory_stays_flat_over_50_steps(tiny_model_dir: Path, tmp_path: Path) -
 def test_learner_rank_death_stops_clearly_and_resumes(tiny_model_dir: Path, tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     base = tiny_run_overrides(tiny_model_dir, run_dir, "learner.num_ranks=2", "trainer.checkpoint_every=2")
-    killed: list[int] = []
-    stop = threading.Event()
-    killer = threading.Thread(
-        target=_kill_actor_when, args=(run_dir, "ray::LearnerRank.train_step", 3, killed, stop), daemon=True
-    )
-    killer.start()
-    proc = subprocess.run(
-        launch_command([*base, "trainer.total_steps=8"]), cwd=REPO_ROOT, capture_output=True, text=True, timeout=600
-    )
-    stop.set()
-    killer.join()
+    proc, killed = _run_with_killer(run_dir, [*base, "trainer.total_steps=8"], "ray::LearnerRank.train_step", 3)
     assert killed and proc.returncode == 3, proc.stderr[-4000:]
     [message] = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert "learner rank" in message and "died during train_step" in message and "resume" in message
