@@ -136,7 +136,6 @@ class TrainingLoop:
         self.cfg, self.run_info, self.workers, self.tokenizer = cfg, run, workers, tokenizer
         self.run_dir = run.run_dir
         self.metrics = MetricsLogger(cfg, run.run_dir, run.resume_step)
-        self.prompts = {p.index: build_prompt(tokenizer, p.question) for p in run.train_problems}
 
     def run(self, stop: StopRequest) -> None:
         cfg, start = self.cfg, self.run_info.resume_step
@@ -168,10 +167,13 @@ class TrainingLoop:
     def train_step(self, step: int) -> dict[str, Any]:
         cfg, timings = self.cfg, {}
         with timed(timings, "step"):
-            rows = step_problem_indices(len(self.prompts), cfg.data.prompts_per_step, cfg.trainer.seed, step)
+            rows = step_problem_indices(
+                len(self.run_info.train_problems), cfg.data.prompts_per_step, cfg.trainer.seed, step
+            )
             problems = [self.run_info.train_problems[i] for i in rows]
             with timed(timings, "rollout"):
-                completions = self.workers.generate([self.prompts[p.index] for p in problems], cfg.trainer.seed, step)
+                prompts = [build_prompt(self.tokenizer, p.question) for p in problems]  # only this step's B rows
+                completions = self.workers.generate(prompts, cfg.trainer.seed, step)
             with timed(timings, "reward"):
                 scored = self.workers.score(completions, [problems[c.prompt_index].gold for c in completions])
             totals = torch.tensor([s["total"] for s in scored.scores], dtype=torch.float64)  # (B*n,)
