@@ -48,6 +48,8 @@ class DataConfig:
     """Hub id (config `main`) or a local folder holding `train.jsonl` and `test.jsonl`."""
     prompts_per_step: int = 8
     """B: prompts sampled per training step."""
+    response_prefix: str = ""
+    """Text the assistant's turn starts with, written into the prompt (e.g. "<think>\\n"); scored as part of it."""
 
     def __post_init__(self) -> None:
         _require(self.prompts_per_step >= 1, "data.prompts_per_step", self.prompts_per_step, "must be >= 1")

@@ -19,11 +19,14 @@ from typing import Any
 
 from rewards.reward_functions import extract_final_answer
 
-# The format every reward function checks; the model sees it before every question.
+# The format every reward function checks, stated and then shown once: SmolLM2-135M at temperature 0.7 closed the
+# tags in ~8% of samples with the worked example and ~0% without it (a 16-question probe; docs/results.md).
 SYSTEM_PROMPT = (
-    "You are a careful math tutor. Think step by step, then give the final number.\n"
-    "Respond in exactly this format:\n"
-    "<think>\n...\n</think>\n<answer>\n...\n</answer>"
+    "You are a careful math tutor. Reason step by step inside <think> </think>, then write only the final number "
+    "inside <answer> </answer>. Respond in exactly this format:\n"
+    "<think>\n...\n</think>\n<answer>\n...\n</answer>\n"
+    "Example. Question: Tom has 3 apples and buys 5 more. How many apples does he have?\n"
+    "<think>\nTom starts with 3 apples and buys 5, so 3 + 5 = 8.\n</think>\n<answer>\n8\n</answer>"
 )
 
 
@@ -114,10 +117,19 @@ def load_problems(source: str, split: str) -> list[Problem]:
     return problems
 
 
-def build_prompt(tokenizer: Any, question: str) -> str:
-    """The chat-templated prompt text, ending where the assistant's turn begins."""
+def build_prompt(tokenizer: Any, question: str, response_prefix: str = "") -> str:
+    """The chat-templated prompt text, ending where the assistant's turn begins, then `response_prefix`.
+
+    The prefix (`data.response_prefix`, e.g. "<think>\\n") is the start of the model's answer written for it; the
+    rewards score `response_prefix + completion` (see `response_text`), so the format checks see the whole answer.
+    """
     messages = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": question}]
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) + response_prefix
+
+
+def response_text(response_prefix: str, completion: str) -> str:
+    """The whole assistant answer the rewards score: the prefix the prompt ended with, then what was sampled."""
+    return response_prefix + completion
 
 
 def step_problem_indices(num_rows: int, prompts_per_step: int, seed: int, step: int) -> list[int]:

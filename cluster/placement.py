@@ -66,8 +66,7 @@ class Workers:
 
         return self._retrying_rollout(call)
 
-    def score(self, completions: list[Completion] | list[str], golds: list[str]) -> ScoredBatch:
-        texts = [c if isinstance(c, str) else c.text for c in completions]
+    def score(self, texts: list[str], golds: list[str]) -> ScoredBatch:
         for attempt in range(1, MAX_ATTEMPTS + 1):
             try:
                 return score_with_workers(self.reward, texts, golds)

@@ -29,15 +29,19 @@ def build_step_records(
     step: int,
     problems: list[Problem],
     completions: list[Completion],
+    responses: list[str],
     scored: ScoredBatch,
     advantages: list[float],
     extra_metrics: dict[str, float],
     timings: dict[str, float],
     group_size: int,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """The step's metrics record (same names as wandb) and its rollouts.jsonl lines, one per completion."""
+    """The step's metrics record (same names as wandb) and its rollouts.jsonl lines, one per completion.
+
+    `responses` are what the rewards scored: each completion after the prompt's `data.response_prefix`.
+    """
     lines = []
-    for completion, scores, advantage in zip(completions, scored.scores, advantages, strict=True):
+    for completion, response, scores, advantage in zip(completions, responses, scored.scores, advantages, strict=True):
         problem = problems[completion.prompt_index]
         lines.append(
             {
@@ -46,7 +50,7 @@ def build_step_records(
                 "sample_index": completion.sample_index,
                 "question": problem.question,
                 "gold": problem.gold,
-                "completion": completion.text,
+                "completion": response,
                 "num_tokens": len(completion.token_ids),
                 "finish_reason": completion.finish_reason,
                 "rewards": {name: value for name, value in scores.items() if name != "total"},

@@ -29,7 +29,15 @@ from tqdm import tqdm
 
 from actors.resources import process_tree_rss_mb
 from cluster.config import Config
-from cluster.data import DataError, Problem, build_prompt, eval_problem_indices, load_problems, step_problem_indices
+from cluster.data import (
+    DataError,
+    Problem,
+    build_prompt,
+    eval_problem_indices,
+    load_problems,
+    response_text,
+    step_problem_indices,
+)
 from cluster.model_source import resolve_model_path
 from cluster.run_dir import RunDir
 from cluster.step import build_step_records, eval_record, format_samples, train_batch
@@ -172,10 +180,12 @@ class TrainingLoop:
             )
             problems = [self.run_info.train_problems[i] for i in rows]
             with timed(timings, "rollout"):
-                prompts = [build_prompt(self.tokenizer, p.question) for p in problems]  # only this step's B rows
+                prefix = cfg.data.response_prefix
+                prompts = [build_prompt(self.tokenizer, p.question, prefix) for p in problems]  # this step's B rows
                 completions = self.workers.generate(prompts, cfg.trainer.seed, step)
+            responses = [response_text(prefix, c.text) for c in completions]
             with timed(timings, "reward"):
-                scored = self.workers.score(completions, [problems[c.prompt_index].gold for c in completions])
+                scored = self.workers.score(responses, [problems[c.prompt_index].gold for c in completions])
             totals = torch.tensor([s["total"] for s in scored.scores], dtype=torch.float64)  # (B*n,)
             advantages = group_advantages(totals, cfg.rollout.n)  # (B*n,)
             with timed(timings, "train"):
@@ -189,6 +199,7 @@ class TrainingLoop:
             step,
             problems,
             completions,
+            responses,
             scored,
             advantages.tolist(),
             {**train_metrics, **self.workers.faults, **memory},
@@ -203,7 +214,9 @@ class TrainingLoop:
 
     def evaluate(self, step: int) -> None:
         problems = self.run_info.eval_problems
-        texts = self.workers.generate_greedy([build_prompt(self.tokenizer, p.question) for p in problems])
+        prefix = self.cfg.data.response_prefix
+        prompts = [build_prompt(self.tokenizer, p.question, prefix) for p in problems]
+        texts = [response_text(prefix, t) for t in self.workers.generate_greedy(prompts)]
         golds = [p.gold for p in problems]
         scored = self.workers.score(texts, golds)
         self.metrics.log({"step": step, **eval_record(texts, golds, scored.scores)})

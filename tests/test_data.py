@@ -19,9 +19,10 @@ from cluster.data import (
     build_prompt,
     eval_problem_indices,
     load_problems,
+    response_text,
     step_problem_indices,
 )
-from rewards.reward_functions import normalize_number
+from rewards.reward_functions import normalize_number, score
 
 NUMBER = re.compile(r"-?\d+(\.\d+)?")
 FORMAT = "<think>\n...\n</think>\n<answer>\n...\n</answer>"
@@ -188,6 +189,13 @@ def test_build_prompt_with_smollm2_template(smollm2_tokenizer) -> None:
     assert FORMAT in prompt
     assert prompt.endswith("<|im_start|>assistant\n")
     assert prompt.count("<|im_start|>assistant") == 1
+
+
+def test_response_prefix_opens_the_answer_and_is_scored_with_it(smollm2_tokenizer) -> None:
+    prompt = build_prompt(smollm2_tokenizer, "What is 2 + 2?", response_prefix="<think>\n")
+    assert prompt.endswith("<|im_start|>assistant\n<think>\n")
+    response = response_text("<think>\n", "2 + 2 = 4\n</think>\n<answer>\n4\n</answer>")
+    assert score(response, "4") == {"correctness": 2.0, "digit": 0.5, "hard_format": 0.5, "mark": 0.5, "total": 3.5}
 
 
 # --- which rows a step trains on ---------------------------------------------------------------------------------

@@ -79,6 +79,8 @@ def test_rollouts_agree_with_rewards_advantages_and_versions(e2e_run: Path) -> N
         by_prompt: dict[int, list[dict]] = {}
         for line in lines:
             by_prompt.setdefault(line["prompt_index"], []).append(line)
+            # debug.yaml's data.response_prefix opens the answer; the rewards scored prefix + sampled text.
+            assert line["completion"].startswith("<think>\n")
             builtin = score(line["completion"], line["gold"])
             for name in REWARD_FUNCTIONS:
                 assert line["rewards"][name] == builtin[name]
