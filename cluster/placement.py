@@ -128,7 +128,7 @@ class Workers:
         """
         if self.cfg.sync.transport == "object_store":
             ref, expected = self.learner.publish_weights()
-            checksums = ray.get([w.load_weights.remote(ref, version) for w in self.rollout])
+            checksums = ray.get([w.load_from_wire.remote(ref, version) for w in self.rollout])
         else:
             if not self._sync_group_open:
                 self.learner.open_sync_group(self.rollout)

