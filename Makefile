@@ -1,6 +1,10 @@
 # Two entry points for a fresh machine (see README):
 #   make demo   installs what is missing into .venv, then trains on the offline debug config
 #   make test   installs what is missing into .venv, then runs the whole test suite
+# And the measurements of docs/results.md (never in CI; each takes from 20 minutes to over an hour here):
+#   make learn          the 60-step SmolLM2 learning run (configs/gsm8k_smollm2_cpu.yaml)
+#   make bench-profile  bench/step_profile.py: phase times and memory per configuration, sync and reward baselines
+#   make bench-trl      bench/vs_trl.py: this project's step against TRL's GRPOTrainer (installs the `bench` extra)
 # Both are idempotent: the install is skipped while .venv/.installed is newer than pyproject.toml.
 
 PYTHON ?= python3
@@ -10,7 +14,7 @@ PIP := $(PY) -m pip --disable-pip-version-check
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: demo test lint install
+.PHONY: demo test lint install learn bench-profile bench-trl
 
 install: $(STAMP)
 
@@ -31,6 +35,16 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m pytest tests $(ARGS)
+
+learn: $(STAMP)
+	$(PY) cluster/launch.py --config configs/gsm8k_smollm2_cpu.yaml $(ARGS)
+
+bench-profile: $(STAMP)
+	$(PY) bench/step_profile.py --out docs/results/step_profile.json $(ARGS)
+
+bench-trl: $(STAMP)
+	$(PIP) install -q -e '.[cpu,bench]'
+	$(PY) bench/vs_trl.py --out docs/results/vs_trl.json $(ARGS)
 
 lint: $(STAMP)
 	$(PY) -m ruff check .
