@@ -1,6 +1,6 @@
 """The learning-run tables of docs/results.md, computed from a run's metrics.jsonl (so no number is typed by hand).
 
-    .venv/bin/python bench/run_summary.py docs/results/metrics.jsonl
+    .venv/bin/python bench/run_summary.py docs/results/metrics.jsonl [--plot docs/results/rewards.png]
 
 Prints markdown: mean reward of the first 5 and last 5 training steps for the total and each reward function,
 the evals (strict and lenient accuracy, mean reward) at the first and last eval step, the zero-std group fraction,
@@ -12,8 +12,15 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 from pathlib import Path
 from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+from cluster.metrics import plot_rewards, reward_function_keys  # noqa: E402  (after the sys.path line above)
 
 WINDOW = 5
 PHASES = ("time/step", "time/rollout", "time/reward", "time/train", "time/sync")
@@ -31,7 +38,7 @@ def read_metrics(path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]
 
 def reward_rows(steps: list[dict[str, Any]]) -> list[tuple[str, float, float]]:
     """(metric, mean over the first WINDOW steps, mean over the last WINDOW steps) for the total and each function."""
-    names = ["rewards/mean", *sorted(k for k in steps[0] if k.startswith("rewards/") and k.endswith("/mean"))]
+    names = ["rewards/mean", *reward_function_keys(steps[0])]
     names += ["rewards/zero_std_frac", "rollout/tokens_mean", "rollout/stopped_frac"]
     return [
         (name, statistics.fmean(r[name] for r in steps[:WINDOW]), statistics.fmean(r[name] for r in steps[-WINDOW:]))
@@ -70,7 +77,11 @@ def markdown(path: Path) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("metrics", type=Path, help="a run's metrics.jsonl")
-    print(markdown(parser.parse_args(argv).metrics))
+    parser.add_argument("--plot", type=Path, help="also redraw the run's reward curves (rewards.png) here")
+    args = parser.parse_args(argv)
+    print(markdown(args.metrics))
+    if args.plot:
+        plot_rewards(read_metrics(args.metrics)[0], args.plot)
     return 0
 
 

@@ -7,8 +7,9 @@ questions per step (the rows this project's step k draws, fed to TRL in the same
 same prompt text (`build_prompt` with `configs/debug.yaml`'s `data.response_prefix`), 4 completions each, at most
 200 completion tokens, stop at `</answer>`, temperature 1.0, top-p 1, the same learning rate (constant), the same four
 reward functions (TRL gets each as a plain callable scoring `prefix + completion`), no KL (`beta=0`), gradient
-clipping at 1.0, fp32 weights and one optimizer step per batch of 32 completions in 2 gradient-accumulation
-micro-batches. What differs is each trainer's own machinery: this project samples with vLLM in a Ray rollout
+clipping at 1.0, fp32 weights and one optimizer step per batch of 32 completions in 4 gradient-accumulation
+micro-batches (with 2, this project's learner alone reached 16.8 GB of the machine's 23.5 GiB and Ray's memory
+monitor killed it). What differs is each trainer's own machinery: this project samples with vLLM in a Ray rollout
 actor and trains in an FSDP2 learner actor; TRL samples with `transformers` `generate` and trains in this process.
 
 TRL runs its own `train()` loop; a callback times each of its optimizer steps (`on_step_begin` to `on_step_end`)
@@ -54,6 +55,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--n", type=int, default=4, help="completions per question")
     parser.add_argument("--max-tokens", type=int, default=200, help="max completion tokens")
     parser.add_argument("--lr", type=float, default=1e-6)
+    parser.add_argument("--micro-batches", type=int, default=4, help="gradient-accumulation micro-batches, both sides")
     parser.add_argument("--data", default=str(REPO_ROOT.parent / "shared" / "gsm8k"), help="data.source")
     parser.add_argument("--model", default=SMOLLM2_GGUF, help="model.path (as in the configs)")
     parser.add_argument("--out", type=Path, help="also write the per-step rows and medians here as JSON")
@@ -121,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
             "rollout.temperature=1.0",
             "rollout.top_p=1.0",
             f"learner.lr={args.lr}",
-            "learner.micro_batches=2",
+            f"learner.micro_batches={args.micro_batches}",
             "learner.max_grad_norm=1.0",
             f"trainer.total_steps={args.steps}",
             f"trainer.run_dir={scratch / 'project_run'}",
@@ -146,8 +148,8 @@ def main(argv: list[str] | None = None) -> int:
         use_cpu=True,
         bf16=False,
         model_init_kwargs={"dtype": torch.float32},
-        per_device_train_batch_size=args.prompts * args.n // 2,
-        gradient_accumulation_steps=2,  # one generation of prompts x n, two micro-batches, one optimizer step
+        per_device_train_batch_size=args.prompts * args.n // args.micro_batches,
+        gradient_accumulation_steps=args.micro_batches,  # one generation, these micro-batches, one optimizer step
         num_generations=args.n,
         max_completion_length=args.max_tokens,
         temperature=1.0,

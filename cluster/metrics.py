@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import statistics
 import uuid
+from pathlib import Path
 from typing import Any
 
 from cluster.config import Config
@@ -57,32 +58,7 @@ class MetricsLogger:
             self.wandb_run.log(record)
 
     def plot(self) -> None:
-        """Redraw rewards.png: the total's mean (with min-max band) and each function's mean over steps."""
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        train = [r for r in self.history if "rewards/mean" in r]
-        if not train:
-            return
-        steps = [r["step"] for r in train]
-        fig, (ax_total, ax_parts) = plt.subplots(1, 2, figsize=(11, 4))
-        ax_total.plot(steps, [r["rewards/mean"] for r in train], label="mean")
-        ax_total.fill_between(
-            steps, [r["rewards/min"] for r in train], [r["rewards/max"] for r in train], alpha=0.2, label="min..max"
-        )
-        ax_total.set(title="total reward", xlabel="step", ylim=(0, 3.6))
-        ax_total.legend()
-        for key in sorted(k for k in train[0] if k.startswith("rewards/") and k.endswith("/mean")):
-            ax_parts.plot(steps, [r[key] for r in train], label=key.split("/")[1])
-        ax_parts.set(title="reward per function (mean)", xlabel="step")
-        ax_parts.legend()
-        fig.tight_layout()
-        tmp = self.run_dir.plot_path.with_suffix(".tmp.png")
-        fig.savefig(tmp, dpi=90)
-        plt.close(fig)
-        tmp.replace(self.run_dir.plot_path)
+        plot_rewards(self.history, self.run_dir.plot_path)
 
     def close(self) -> None:
         if self.wandb_run is not None:
@@ -94,3 +70,37 @@ def _wandb_id(run_dir: RunDir) -> str:
     if not path.is_file():
         path.write_text(uuid.uuid4().hex[:12])
     return path.read_text().strip()
+
+
+def reward_function_keys(record: dict[str, Any]) -> list[str]:
+    """`rewards/<function>/mean` for each reward function in a step record (not the total's `rewards/mean`)."""
+    return sorted(k for k in record if k.startswith("rewards/") and k.endswith("/mean") and k.count("/") == 2)
+
+
+def plot_rewards(records: list[dict[str, Any]], path: Path) -> None:
+    """Draw `path`: the total's mean (with min-max band) and each function's mean over the training steps."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train = [r for r in records if "rewards/mean" in r]
+    if not train:
+        return
+    steps = [r["step"] for r in train]
+    fig, (ax_total, ax_parts) = plt.subplots(1, 2, figsize=(11, 4))
+    ax_total.plot(steps, [r["rewards/mean"] for r in train], label="mean")
+    ax_total.fill_between(
+        steps, [r["rewards/min"] for r in train], [r["rewards/max"] for r in train], alpha=0.2, label="min..max"
+    )
+    ax_total.set(title="total reward", xlabel="step", ylim=(0, 3.6))
+    ax_total.legend()
+    for key in reward_function_keys(train[0]):
+        ax_parts.plot(steps, [r[key] for r in train], label=key.split("/")[1])
+    ax_parts.set(title="reward per function (mean)", xlabel="step")
+    ax_parts.legend()
+    fig.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=90)
+    plt.close(fig)
+    tmp.replace(path)
