@@ -62,6 +62,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.steps < 2:
         parser.error("--steps must be at least 2: step 1 is warm-up and is left out of the median")
+    if (args.prompts * args.n) % args.micro_batches:
+        parser.error("--micro-batches must divide --prompts x --n: TRL's micro-batches are all the same size")
     return args
 
 
