@@ -216,6 +216,7 @@ def test_learning_signal_end_to_end(tiny_model_dir: Path, tmp_path: Path, seed: 
             tiny_model_dir,
             run_dir,
             "reward.functions=tests.train_rewards:letter_a_share",
+            "data.response_prefix=",  # score only sampled letters: a fixed prefix would dilute the share
             "data.prompts_per_step=4",
             "rollout.max_tokens=8",
             "learner.lr=3e-2",
