@@ -19,8 +19,9 @@ from typing import Any
 
 from rewards.reward_functions import extract_final_answer
 
-# The format every reward function checks, stated and then shown once: SmolLM2-135M at temperature 0.7 closed the
-# tags in ~8% of samples with the worked example and ~0% without it (a 16-question probe; docs/results.md).
+# The format every reward function checks, stated and then shown once: with the "<think>\n" response prefix at
+# temperature 0.7, SmolLM2-135M wrote the strict format in 16% of samples with the worked example and in none
+# without it (a 16-question x 4-sample probe; docs/results.md section 1).
 SYSTEM_PROMPT = (
     "You are a careful math tutor. Reason step by step inside <think> </think>, then write only the final number "
     "inside <answer> </answer>. Respond in exactly this format:\n"
