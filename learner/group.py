@@ -63,8 +63,28 @@ class LearnerGroup:
             try:
                 results[rank] = ray.get(ready)
             except ray.exceptions.RayActorError as err:
-                raise LearnerRankDiedError(f"learner rank {rank} died during {what}: {err.__class__.__name__}") from err
+                raise _rank_died(rank, what, err) from err
+            except ray.exceptions.RayTaskError as err:
+                # A collective fails on every live rank when a peer dies (gloo: "Connection reset by peer"), and
+                # that echo can arrive first: report the death it echoes, if there is one.
+                died = LearnerGroup._death_among(refs, pending, what)
+                if died is None:
+                    raise
+                raise died from err
         return [results[rank] for rank in range(len(refs))]
+
+    @staticmethod
+    def _death_among(refs: list[ray.ObjectRef], pending: list[ray.ObjectRef], what: str) -> Exception | None:
+        """The first rank among `pending` whose actor died (waiting up to 10 s for Ray to notice), else None."""
+        finished, _ = ray.wait(pending, num_returns=len(pending), timeout=10.0) if pending else ([], [])
+        for ref in finished:
+            try:
+                ray.get(ref)
+            except ray.exceptions.RayActorError as err:
+                return _rank_died(refs.index(ref), what, err)
+            except ray.exceptions.RayTaskError:
+                continue
+        return None
 
     def _all(self, method: str, *args: Any) -> list[Any]:
         return self._gather([getattr(rank, method).remote(*args) for rank in self.ranks], method)
@@ -123,3 +143,7 @@ class LearnerGroup:
     def shutdown(self) -> None:
         for rank in self.ranks:
             ray.kill(rank)
+
+
+def _rank_died(rank: int, what: str, err: Exception) -> LearnerRankDiedError:
+    return LearnerRankDiedError(f"learner rank {rank} died during {what}: {err.__class__.__name__}")
