@@ -55,7 +55,8 @@ class Completion:
     token_ids: list[int]
     """Completion tokens only, (T_i,)."""
     engine_logprobs: list[float]
-    """The engine's logprob of each sampled token, (T_i,); a diagnostic, the learner recomputes them."""
+    """The engine's logprob of each sampled token under the distribution it sampled (logits / temperature), (T_i,);
+    a diagnostic, the learner recomputes them."""
     finish_reason: str
     """`stop` (the stop string or EOS) or `length` (cut at max_tokens)."""
     policy_version: int
@@ -66,9 +67,21 @@ def request_seed(base_seed: int, step: int, prompt_index: int) -> int:
     return (base_seed * 1_000_003 + step * 10_007 + prompt_index) % (2**31 - 1)
 
 
+def engine_cpus(cfg: RolloutConfig) -> int:
+    """Cores each engine may use: `rollout.cpus_per_worker`, or (0) the machine's cores shared by the R engines of
+    a local cluster (phases alternate, so rollout may use every core), or 1 on a cluster joined via RAY_ADDRESS."""
+    if cfg.cpus_per_worker:
+        return cfg.cpus_per_worker
+    if os.environ.get("RAY_ADDRESS"):
+        return 1
+    return max(1, len(os.sched_getaffinity(0)) // cfg.num_workers)
+
+
 def engine_env(cfg: RolloutConfig) -> dict[str, str]:
     """Environment an engine's process needs before vLLM is imported."""
     return {
+        # The in-process engine runs torch on OMP_NUM_THREADS threads (vLLM forbids set_num_threads later).
+        "OMP_NUM_THREADS": str(engine_cpus(cfg)),
         "VLLM_ENABLE_V1_MULTIPROCESSING": "0",  # in-process engine
         "VLLM_CPU_KVCACHE_SPACE": str(cfg.kv_cache_gib),
         "TOKENIZERS_PARALLELISM": "false",
@@ -94,6 +107,9 @@ class RolloutEngine:
             seed=seed,
             distributed_executor_backend="uni",
             gpu_memory_utilization=cfg.gpu_memory_utilization,
+            # Logprobs of the distribution sampled from (after temperature), not of the raw logits: the learner
+            # scores at the same temperature, so `train/logprob_mismatch` compares like with like.
+            logprobs_mode="processed_logprobs",
         )
         self.tokenizer = self.llm.get_tokenizer()
         self.tied = bool(json.loads((Path(model_dir) / "config.json").read_text()).get("tie_word_embeddings"))
@@ -209,6 +225,10 @@ class RolloutEngine:
 
         return self.load_weights(receive_weights(self._sync_group), version)
 
+    def set_policy_version(self, version: int) -> None:
+        """A step that changed no weight (no row had signal) still makes a new version, equal to the last one."""
+        self.policy_version = version
+
     def checksum(self) -> str:
         return self._checksum
 
@@ -238,7 +258,7 @@ def create_rollout_workers(cfg: RolloutConfig, model_dir: str, seed: int, count:
     actor_cls = ray.remote(RolloutEngine)
     workers = [
         actor_cls.options(
-            num_cpus=1,
+            num_cpus=engine_cpus(cfg),
             num_gpus=num_gpus,
             runtime_env={"env_vars": engine_env(cfg)},
         ).remote(model_dir, cfg, seed)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import threading
+import time
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
@@ -48,3 +50,27 @@ def machine_line(extra_packages: tuple[str, ...] = ()) -> str:
         f"{model}, {os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.1f} GiB RAM; {versions}; "
         f"{datetime.now(UTC).isoformat(timespec='minutes')}"
     )
+
+
+class PeakRss:
+    """Samples a process's resident memory every 50 ms while in use; `peak_mb` is the largest seen."""
+
+    def __init__(self, pid: int) -> None:
+        import psutil
+
+        self.process, self.peak_mb = psutil.Process(pid), 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak_mb = max(self.peak_mb, self.process.memory_info().rss / 2**20)
+            time.sleep(0.05)
+
+    def __enter__(self) -> PeakRss:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()

@@ -15,10 +15,10 @@ same per-prompt seeds (`request_seed(seed, step=1, prompt_index)`). Paths:
 - `bare OMP=1`: the same, with `OMP_NUM_THREADS=1` set as Ray sets it in a `num_cpus=1` actor (1 torch thread);
 - `engine, no Ray`: the project's `RolloutEngine` in its own subprocess with `OMP_NUM_THREADS=1`, no Ray
   (separates Ray's cost from the wrapper's);
-- `actor R=1 OMP=2`: not the project's path: the same actor class and options with `OMP_NUM_THREADS=2` in its
-  runtime env (what `bare` gets on 2 cores), to show what the thread count alone is worth;
-- `actor R=2` (unless `--skip-r2`): two rollout actors splitting the prompts; on a 2-core machine they compete
-  for the same cores as everything else.
+- `actor R=2` (unless `--skip-r2`): two rollout actors (one core each, as `rollout.cpus_per_worker` gives R=2 on
+  2 cores) splitting the prompts.
+`actor R=1` runs on every core (`rollout.cpus_per_worker` defaults to cores / R on a local cluster), so `bare` is its
+same-cores baseline.
 
 Every subprocess engine and actor stays up for the whole run; the paths are measured round-robin (the starting
 path rotates each round) so background load falls on all of them. Throughput is generated completion tokens over
@@ -38,7 +38,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 # Run as a script (`python bench/rollout.py`): make the repo root importable.
@@ -130,7 +130,10 @@ def serve(mode: str) -> int:
 
     cfg = RolloutConfig(**job["rollout"])
     prompts, seeds, n = job["prompts"], job["seeds"], cfg.n
-    os.environ.update(engine_env(cfg))  # before vllm is imported, as the actor does
+    env = engine_env(cfg)
+    if "OMP_NUM_THREADS" in os.environ:  # a path's own thread count (`bare OMP=1`, `engine, no Ray`) wins
+        del env["OMP_NUM_THREADS"]
+    os.environ.update(env)  # before vllm is imported, as the actor does
 
     if mode == "engine":
         engine = RolloutEngine(job["model_dir"], cfg, job["engine_seed"])
@@ -343,7 +346,7 @@ def main(argv: list[str]) -> int:
     import ray
     from transformers import AutoTokenizer
 
-    from actors.rollout import RolloutEngine, create_rollout_workers, engine_env, request_seed
+    from actors.rollout import create_rollout_workers, request_seed
     from cluster.config import RolloutConfig
     from cluster.data import build_prompt, load_problems
     from cluster.model_source import resolve_model_path
@@ -382,32 +385,23 @@ def main(argv: list[str]) -> int:
             paths.append((sub, sub.wait_ready()))
             print(f"{name}: engine up in {time.perf_counter() - started:.1f}s", flush=True)
 
-        count = 1 if args.skip_r2 else 2
-        extra_actor = not args.skip_extras
-        # As cluster/trainer.py starts a local cluster: logical CPUs at least the actor count.
+        # As cluster/trainer.py starts a local cluster: R=1 gets every core (rollout.cpus_per_worker auto), the
+        # two R=2 actors one core each; logical CPUs cover both sets, which are never measured at the same time.
         ray.init(
-            num_cpus=max(count + extra_actor, os.cpu_count() or 1),
+            num_cpus=2 * (os.cpu_count() or 1),
             include_dashboard=False,
             runtime_env={"env_vars": {"PYTHONPATH": str(REPO_ROOT), "TOKENIZERS_PARALLELISM": "false"}},
             log_to_driver=False,
         )
         started = time.perf_counter()
-        workers = create_rollout_workers(rollout, model_dir, args.seed, count=count)
-        print(f"{count} rollout actor(s) up in {time.perf_counter() - started:.1f}s", flush=True)
+        workers = create_rollout_workers(rollout, model_dir, args.seed, count=1)
+        if not args.skip_r2:
+            workers += create_rollout_workers(replace(rollout, num_workers=2), model_dir, args.seed, count=2)
+        print(f"{len(workers)} rollout actor(s) up in {time.perf_counter() - started:.1f}s", flush=True)
         actor1 = ActorPath("actor R=1", workers[:1], prompts, seeds, args.n)
         paths.insert(0, (actor1, PathResult(actor1.name, actor1.threads())))
-        if extra_actor:
-            # Not the project's path: the same actor as create_rollout_workers builds, with OMP_NUM_THREADS=2
-            # (what a bare process gets on 2 cores) instead of the 1 that Ray derives from num_cpus=1.
-            omp2 = ray.remote(RolloutEngine).options(
-                num_cpus=1, runtime_env={"env_vars": {**engine_env(rollout), "OMP_NUM_THREADS": "2"}}
-            )
-            worker = omp2.remote(model_dir, rollout, args.seed)
-            ray.get(worker.health.remote())
-            actor_omp2 = ActorPath("actor R=1 OMP=2", [worker], prompts, seeds, args.n)
-            paths.insert(1, (actor_omp2, PathResult(actor_omp2.name, actor_omp2.threads())))
-        if count == 2:
-            actor2 = ActorPath("actor R=2", workers, prompts, seeds, args.n)
+        if not args.skip_r2:
+            actor2 = ActorPath("actor R=2", workers[1:], prompts, seeds, args.n)
             paths.append((actor2, PathResult(actor2.name, actor2.threads())))
 
         for round_index in range(args.repeats + 1):

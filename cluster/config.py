@@ -70,7 +70,12 @@ class RolloutConfig:
     max_tokens: int = 200
     """Completion length limit in tokens."""
     temperature: float = 1.0
+    """Sampling temperature; the learner scores completions at the same temperature."""
     top_p: float = 1.0
+    """Must be 1: the learner does not implement nucleus truncation, so its logprobs would not be the sampler's."""
+    cpus_per_worker: int = 0
+    """CPU cores (torch threads) per engine; 0: on a local cluster the machine's cores / num_workers, else 1.
+    Changing it (or num_workers) changes the sampled tokens."""
     max_model_len: int = 1024
     """Prompt plus completion tokens the engine accepts."""
     dtype: str = "bfloat16"
@@ -87,7 +92,14 @@ class RolloutConfig:
         _require(self.n >= 2, "rollout.n", self.n, "group advantages need at least 2 samples per prompt")
         _require(self.max_tokens >= 1, "rollout.max_tokens", self.max_tokens, "must be >= 1")
         _require(self.temperature > 0, "rollout.temperature", self.temperature, "must be > 0")
-        _require(0 < self.top_p <= 1, "rollout.top_p", self.top_p, "must be in (0, 1]")
+        _require(
+            self.top_p == 1.0,
+            "rollout.top_p",
+            self.top_p,
+            "must be 1.0: the learner scores the full softmax at rollout.temperature, so a truncated (top-p) "
+            "sampler's logprobs would not be the ones it trains on",
+        )
+        _require(self.cpus_per_worker >= 0, "rollout.cpus_per_worker", self.cpus_per_worker, "must be >= 0")
         _require(
             self.max_model_len > self.max_tokens,
             "rollout.max_model_len",
@@ -133,8 +145,15 @@ class LearnerConfig:
     kl_coef: float = 0.0
     """Weight of the k3 KL to the initial policy; 0 turns it (and the reference model) off."""
     ppo_epochs: int = 1
-    micro_batches: int = 1
-    """Micro-batches per rank per pass; the loss is normalised by the step's global token count either way."""
+    max_tokens_per_micro_batch: int = 4096
+    """Padded tokens per micro-batch (rows x longest row); the loss is normalised by the step's global token count
+    whatever the split."""
+    shared_prompt: bool = True
+    """Run each group's prompt once, its n completions attending to it (same result as the plain batch)."""
+    skip_zero_advantage: bool = True
+    """Do not forward rows whose advantage is exactly 0 (they add nothing to the update without a KL term)."""
+    activation_checkpointing: bool = False
+    """Recompute each decoder layer in the backward pass instead of keeping its activations."""
     max_grad_norm: float = 1.0
     weight_decay: float = 0.0
     gpus_per_rank: float = 0.0
@@ -148,7 +167,12 @@ class LearnerConfig:
         _require(0 < self.clip_eps < 1, "learner.clip_eps", self.clip_eps, "must be in (0, 1)")
         _require(self.kl_coef >= 0, "learner.kl_coef", self.kl_coef, "must be >= 0")
         _require(self.ppo_epochs >= 1, "learner.ppo_epochs", self.ppo_epochs, "must be >= 1")
-        _require(self.micro_batches >= 1, "learner.micro_batches", self.micro_batches, "must be >= 1")
+        _require(
+            self.max_tokens_per_micro_batch >= 1,
+            "learner.max_tokens_per_micro_batch",
+            self.max_tokens_per_micro_batch,
+            "must be >= 1",
+        )
         _require(self.max_grad_norm > 0, "learner.max_grad_norm", self.max_grad_norm, "must be > 0")
         _require(self.weight_decay >= 0, "learner.weight_decay", self.weight_decay, "must be >= 0")
         _require(
@@ -237,15 +261,6 @@ class Config:
             f"more rollout workers than data.prompts_per_step={self.data.prompts_per_step} leaves some idle",
         )
 
-        rows = self.data.prompts_per_step * self.rollout.n
-        shares = self.learner.num_ranks * self.learner.micro_batches
-        _require(
-            rows >= shares,
-            "learner.micro_batches",
-            self.learner.micro_batches,
-            f"{rows} completions per step cannot fill learner.num_ranks={self.learner.num_ranks} x "
-            f"{self.learner.micro_batches} micro-batches (every rank runs the same number of passes)",
-        )
         _require(
             self.learner.kl_coef == 0,
             "learner.kl_coef",

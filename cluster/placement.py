@@ -41,6 +41,7 @@ class Workers:
         learner = LearnerGroup(
             cfg.learner,
             str(model_dir),
+            temperature=cfg.rollout.temperature,
             sync_dtype=cfg.rollout.dtype,
             seed=cfg.trainer.seed,
             num_gpus_per_rank=cfg.learner.gpus_per_rank,
@@ -136,6 +137,11 @@ class Workers:
             expected, checksums = self.learner.broadcast_weights(self.rollout, version)
         if any(c != expected for c in checksums):
             raise WeightSyncError(f"after sync v{version} engines report {checksums}, learner sent {expected}")
+        self.policy_version = version
+
+    def advance_version(self, version: int) -> None:
+        """A step that changed no weight: every engine is already current, only the version number moves on."""
+        ray.get([w.set_policy_version.remote(version) for w in self.rollout])
         self.policy_version = version
 
     def shutdown(self) -> None:

@@ -22,6 +22,7 @@ def train_batch(completions: list[Completion], advantages: list[float]) -> Train
         completion_token_ids=[c.token_ids for c in completions],
         advantages=advantages,
         engine_logprobs=[c.engine_logprobs for c in completions],
+        group_ids=[c.prompt_index for c in completions],
     )
 
 
@@ -32,6 +33,7 @@ def build_step_records(
     responses: list[str],
     scored: ScoredBatch,
     advantages: list[float],
+    learner_logprobs: list[float | None],
     extra_metrics: dict[str, float],
     timings: dict[str, float],
     group_size: int,
@@ -39,9 +41,12 @@ def build_step_records(
     """The step's metrics record (same names as wandb) and its rollouts.jsonl lines, one per completion.
 
     `responses` are what the rewards scored: each completion after the prompt's `data.response_prefix`.
+    `learner_logprobs` is each completion's summed token logprob from the learner's first pass (None: not forwarded).
     """
     lines = []
-    for completion, response, scores, advantage in zip(completions, responses, scored.scores, advantages, strict=True):
+    for completion, response, scores, advantage, learner_logprob in zip(
+        completions, responses, scored.scores, advantages, learner_logprobs, strict=True
+    ):
         problem = problems[completion.prompt_index]
         lines.append(
             {
@@ -57,6 +62,9 @@ def build_step_records(
                 "total": scores["total"],
                 "advantage": advantage,
                 "policy_version": completion.policy_version,
+                # Both at rollout.temperature: the sampled distribution as the engine and as the learner computed it.
+                "engine_logprob": sum(completion.engine_logprobs),
+                "learner_logprob": learner_logprob,
             }
         )
     tokens = sum(line["num_tokens"] for line in lines)

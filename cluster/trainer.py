@@ -6,8 +6,9 @@ Per step k (1-based; version 0 is the initial weights, so step k samples with ve
     completions  = rollout workers sample n per prompt with vLLM             time/rollout
     rewards      = reward workers score each completion (time-bounded)       time/reward
     advantages   = (r - mean_group) / (std_group + eps)
-    learner step = recompute old logprobs, clipped loss, AdamW (FSDP2)       time/train
+    learner step = rows with signal only: old logprobs, clipped loss, AdamW   time/train
     weight sync  = new weights, version k, into every rollout worker         time/sync
+                   (no optimizer step applied: version k = version k-1, nothing moves)
     log          = metrics.jsonl + wandb, rollouts.jsonl, rewards.png
 
 plus eval (greedy, held-out test questions) and checkpoints on their schedules.
@@ -28,6 +29,7 @@ import torch
 from tqdm import tqdm
 
 from actors.resources import process_tree_rss_mb
+from actors.rollout import engine_cpus
 from cluster.config import Config
 from cluster.data import (
     DataError,
@@ -91,9 +93,9 @@ def init_ray(cfg: Config) -> None:
     if os.environ.get("RAY_ADDRESS"):
         ray.init(runtime_env=runtime_env)
         return
-    actors = cfg.rollout.num_workers + cfg.reward.num_workers + cfg.learner.num_ranks
+    requested = cfg.rollout.num_workers * engine_cpus(cfg.rollout) + cfg.reward.num_workers + cfg.learner.num_ranks
     # Phases alternate (rollout, then reward, then train), so logical CPUs may exceed the cores.
-    ray.init(num_cpus=max(actors, os.cpu_count() or 1), include_dashboard=False, runtime_env=runtime_env)
+    ray.init(num_cpus=max(requested, os.cpu_count() or 1), include_dashboard=False, runtime_env=runtime_env)
 
 
 @contextmanager
@@ -196,10 +198,15 @@ class TrainingLoop:
             totals = torch.tensor([s["total"] for s in scored.scores], dtype=torch.float64)  # (B*n,)
             advantages = group_advantages(totals, cfg.rollout.n)  # (B*n,)
             with timed(timings, "train"):
-                train_metrics = self.workers.learner.train_step(train_batch(completions, advantages.tolist()))
+                batch = train_batch(completions, advantages.tolist())
+                train_metrics, learner_logprobs = self.workers.learner.train_step(batch)
             with timed(timings, "sync"):
-                if not train_metrics["train/skipped"]:  # a skipped update leaves the weights, so nothing to push
+                # Every applied optimizer step changed the weights: push them. With none applied (no row had
+                # signal, or the update was not finite) version `step` equals version `step - 1`: no transfer.
+                if train_metrics["train/updates"]:
                     self.workers.sync_weights(version=step)
+                else:
+                    self.workers.advance_version(step)
         # The driver alone: its children are the local Ray cluster's own processes.
         memory = {"memory/driver_rss_mb": process_tree_rss_mb(include_children=False), **self.workers.memory()}
         record, rollout_lines = build_step_records(
@@ -209,7 +216,13 @@ class TrainingLoop:
             responses,
             scored,
             advantages.tolist(),
-            {**train_metrics, **self.workers.faults, **memory},
+            learner_logprobs,
+            {
+                **train_metrics,
+                "sync/pushed": float(train_metrics["train/updates"] > 0),
+                **self.workers.faults,
+                **memory,
+            },
             timings,
             cfg.rollout.n,
         )

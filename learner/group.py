@@ -1,8 +1,8 @@
 """The learner actor group: L Ray actors, one FSDP2 rank each, driven together by the driver.
 
-group = LearnerGroup(cfg.learner, model_dir, sync_dtype="bfloat16", seed=0, num_gpus_per_rank=0)
-metrics = group.train_step(batch)          # rows split across ranks, one global token count
-[ref] = group.publish_weights()            # object-store sync: one ray.put on rank 0
+group = LearnerGroup(cfg.learner, model_dir, temperature=0.7, sync_dtype="bfloat16", seed=0)
+metrics, logprobs = group.train_step(batch)  # rows with signal split across ranks by group, one global token count
+ref, checksum = group.publish_weights()      # object-store sync: one ray.put on rank 0
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING, Any
 
 import ray
 
-from actors.split import split_evenly
 from learner.batch import TrainBatch
 from learner.learner_rank import LearnerRank
 
@@ -35,6 +34,7 @@ class LearnerGroup:
         self,
         cfg: LearnerConfig,
         model_dir: str,
+        temperature: float,
         sync_dtype: str,
         seed: int,
         num_gpus_per_rank: float = 0,
@@ -45,7 +45,7 @@ class LearnerGroup:
         actor_cls = ray.remote(LearnerRank)
         self.ranks = [
             actor_cls.options(num_cpus=1, num_gpus=num_gpus_per_rank).remote(
-                rank, cfg.num_ranks, addr, port, model_dir, cfg, sync_dtype, seed
+                rank, cfg.num_ranks, addr, port, model_dir, cfg, temperature, sync_dtype, seed
             )
             for rank in range(cfg.num_ranks)
         ]
@@ -89,18 +89,38 @@ class LearnerGroup:
     def _all(self, method: str, *args: Any) -> list[Any]:
         return self._gather([getattr(rank, method).remote(*args) for rank in self.ranks], method)
 
-    def train_step(self, batch: TrainBatch) -> dict[str, float]:
-        total = batch.num_tokens
-        shards = [batch.rows(chunk) for chunk in split_evenly(len(batch), len(self.ranks))]
-        results = self._gather(
-            [r.train_step.remote(s, total) for r, s in zip(self.ranks, shards, strict=True)], "train_step"
-        )
-        return results[0]  # every rank returns the same all-reduced metrics
+    def train_step(self, batch: TrainBatch) -> tuple[dict[str, float], list[float | None]]:
+        """One update over the step's batch. Returns the metrics and each row's summed logprob from the learner's
+        first pass (None for a row it did not forward).
+
+        With `skip_zero_advantage`, rows whose advantage is exactly 0 are not sent at all: without a KL term they add
+        exactly nothing to the loss or the gradient. The token-mean still divides by every token of the step, so
+        the update is the full batch's. A step where no row has signal runs no pass and no optimizer step.
+        """
+        signal = [i for i, a in enumerate(batch.advantages) if a != 0.0 or not self.cfg.skip_zero_advantage]
+        shards = split_by_group(batch, signal, len(self.ranks))
+        refs = [
+            r.train_step.remote(batch.rows(rows), batch.num_tokens, len(signal))
+            for r, rows in zip(self.ranks, shards, strict=True)
+        ]
+        results = self._gather(refs, "train_step")
+        learner_logprobs: list[float | None] = [None] * len(batch)
+        for rows, (_, sums) in zip(shards, results, strict=True):
+            for row, value in zip(rows, sums, strict=True):
+                learner_logprobs[row] = value
+        metrics = {**results[0][0], "train/rows_trained": float(len(signal))}  # ranks return the same reduced metrics
+        return metrics, learner_logprobs
 
     def logprobs(self, batch: TrainBatch) -> list[list[float]]:
-        shards = [batch.rows(chunk) for chunk in split_evenly(len(batch), len(self.ranks))]
-        parts = self._gather([r.logprobs.remote(s) for r, s in zip(self.ranks, shards, strict=True)], "logprobs")
-        return [row for part in parts for row in part]
+        shards = split_by_group(batch, list(range(len(batch))), len(self.ranks))
+        parts = self._gather(
+            [r.logprobs.remote(batch.rows(s)) for r, s in zip(self.ranks, shards, strict=True)], "logprobs"
+        )
+        rows: list[list[float]] = [[] for _ in range(len(batch))]
+        for shard, part in zip(shards, parts, strict=True):
+            for row, values in zip(shard, part, strict=True):
+                rows[row] = values
+        return rows
 
     def publish_weights(self) -> tuple[ray.ObjectRef, str]:
         """One object-store copy of the full weights, and their checksum."""
@@ -143,6 +163,25 @@ class LearnerGroup:
     def shutdown(self) -> None:
         for rank in self.ranks:
             ray.kill(rank)
+
+
+def split_by_group(batch: TrainBatch, rows: list[int], num_ranks: int) -> list[list[int]]:
+    """Share `rows` among ranks whole groups at a time (a group's prompt is computed once, on one rank), largest
+    group first onto the rank with the fewest tokens so far, so ranks finish together."""
+    groups: dict[int, list[int]] = {}
+    for row in rows:
+        groups.setdefault(batch.group_ids[row], []).append(row)
+
+    def tokens(members: list[int]) -> int:
+        return len(batch.prompt_token_ids[members[0]]) + sum(len(batch.completion_token_ids[r]) for r in members)
+
+    shards: list[list[int]] = [[] for _ in range(num_ranks)]
+    load = [0] * num_ranks
+    for members in sorted(groups.values(), key=tokens, reverse=True):
+        rank = load.index(min(load))
+        shards[rank] += members
+        load[rank] += tokens(members)
+    return [sorted(shard) for shard in shards]
 
 
 def _rank_died(rank: int, what: str, err: Exception) -> LearnerRankDiedError:

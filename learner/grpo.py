@@ -1,4 +1,4 @@
-"""Pure GRPO math: group-relative advantages, the clipped policy loss, KL terms and token log-probs.
+"""Pure GRPO math: group-relative advantages, the clipped policy loss and the KL term (token log-probs: logprobs.py).
 
 Only torch is imported here so the maths can be unit-tested on CPU and reused unchanged by the
 distributed learner. Shapes: N completions (G prompts x group_size), T completion tokens, V vocab.
@@ -121,36 +121,3 @@ def kl_k3(logprobs: Tensor, ref_logprobs: Tensor, mask: Tensor, num_tokens: NumT
     log_r = torch.where(m, ref_logprobs.detach() - logprobs, torch.zeros_like(logprobs))  # (N, T)
     per_token = torch.exp(log_r) - 1.0 - log_r  # (N, T), exactly 0 at masked positions
     return per_token.sum() / _denominator(m, num_tokens, logprobs)
-
-
-def _float_logits(logits: Tensor, temperature: float) -> Tensor:
-    if logits.dim() != 3:
-        raise ValueError(f"logits must be 3-D (N, T, V), got shape {tuple(logits.shape)}")
-    if temperature <= 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
-    x = logits.to(torch.promote_types(logits.dtype, torch.float32))  # bf16/fp16 -> fp32; fp64 kept
-    return x / temperature if temperature != 1.0 else x
-
-
-def token_logprobs(logits: Tensor, tokens: Tensor, temperature: float = 1.0) -> Tensor:
-    """``log_softmax(logits / temperature)`` gathered at ``tokens``: (N, T, V), (N, T) -> (N, T).
-
-    Computed in at least float32 (bf16 log-probs are too coarse for exp(new - old) ratios). Memory: this
-    materialises one float32 (N, T, V) log-softmax; callers bound it by chunking N (micro-batches).
-    The temperature must match the sampler's so the ratio compares the same distributions.
-    """
-    x = _float_logits(logits, temperature)  # (N, T, V)
-    if tokens.shape != x.shape[:2]:
-        raise ValueError(f"tokens must have shape {tuple(x.shape[:2])} (N, T), got {tuple(tokens.shape)}")
-    logp = torch.log_softmax(x, dim=-1)  # (N, T, V)
-    return logp.gather(-1, tokens.long().unsqueeze(-1)).squeeze(-1)  # (N, T)
-
-
-def token_entropy(logits: Tensor, temperature: float = 1.0) -> Tensor:
-    """Entropy of ``softmax(logits / temperature)`` per position: (N, T, V) -> (N, T), at least float32.
-
-    ``0 * log 0`` is taken as 0 so vocab entries masked to -inf do not produce NaN.
-    """
-    logp = torch.log_softmax(_float_logits(logits, temperature), dim=-1)  # (N, T, V)
-    p = logp.exp()  # (N, T, V)
-    return -(p * torch.where(p > 0, logp, torch.zeros_like(logp))).sum(dim=-1)  # (N, T)

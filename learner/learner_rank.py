@@ -25,13 +25,16 @@ from torch.distributed.checkpoint.state_dict import (
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor
 
-from actors.split import split_evenly
-from learner.batch import PaddedBatch, TrainBatch, pad_batch
-from learner.grpo import clipped_policy_loss, token_entropy, token_logprobs
+from learner.batch import PackedBatch, TrainBatch, make_units, pack, plan_micro_batches
+from learner.grpo import clipped_policy_loss
+from learner.policy import LM_PREFIX, ScoredPolicy
 from learner.weights import synced_names, to_wire, torch_dtype, weight_checksum
 
 if TYPE_CHECKING:
     from cluster.config import LearnerConfig
+
+# Completion tokens per chunk of the head's logits: a (1024, 49152) float32 block is 200 MB.
+LOGPROB_CHUNK_TOKENS = 1024
 
 # Files copied from the source model folder into `final/` next to the trained weights.
 _HF_SIDE_FILES = (
@@ -55,6 +58,7 @@ class LearnerRank:
         master_port: int,
         model_dir: str,
         cfg: LearnerConfig,
+        temperature: float,
         sync_dtype: str,
         seed: int,
     ) -> None:
@@ -73,10 +77,13 @@ class LearnerRank:
         )
         torch.manual_seed(seed + rank)
         self.hf_config = AutoConfig.from_pretrained(model_dir)
-        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(self.device)
+        lm = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(self.device)
+        if cfg.activation_checkpointing:  # recompute each decoder layer in backward: activations of one layer live
+            lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model = ScoredPolicy(lm, temperature, LOGPROB_CHUNK_TOKENS)
         mixed = cfg.param_dtype == "bfloat16"
         policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if mixed else None
-        for layer in model.model.layers:
+        for layer in lm.model.layers:
             fully_shard(layer, mp_policy=policy) if policy else fully_shard(layer)
         fully_shard(model, mp_policy=policy) if policy else fully_shard(model)
         self.model = model
@@ -92,57 +99,65 @@ class LearnerRank:
 
     # ---- training -------------------------------------------------------------------------------------------
 
-    def _completion_logits(self, batch: PaddedBatch) -> torch.Tensor:
-        """Logits that predict each completion token: (N, T, V)."""
-        out = self.model(
-            input_ids=batch.input_ids,
-            attention_mask=batch.attention_mask,
-            position_ids=batch.position_ids,
-            logits_to_keep=batch.completion_len + 1,
-        )
-        return out.logits[:, :-1]  # (N, T, V): column P-1+j predicts completion token j
+    def _micro_batches(self, batch: TrainBatch) -> list[PackedBatch]:
+        """This rank's rows packed into token-budget micro-batches, as many on every rank.
 
-    def _micro_batches(self, batch: TrainBatch) -> list[tuple[list[int], PaddedBatch]]:
-        """Rows sorted by length, then cut into micro-batches: similar lengths pad less. Keeps each row's index."""
-        order = sorted(
-            range(len(batch)), key=lambda i: len(batch.prompt_token_ids[i]) + len(batch.completion_token_ids[i])
-        )
-        micro = []
-        for chunk in split_evenly(len(order), self.cfg.micro_batches):
-            rows = [order[i] for i in chunk]
-            micro.append((rows, pad_batch(batch.rows(rows), self.pad_token_id).to(self.device)))
-        return micro
+        FSDP2 gathers each layer's weights in every forward, a collective: a rank with fewer micro-batches (or no
+        rows) runs empty ones (one pad token, nothing scored), which add exactly zero to loss and gradient.
+        """
+        units = make_units(batch, self.cfg.shared_prompt)
+        plan = plan_micro_batches(units, batch, self.cfg.max_tokens_per_micro_batch) if units else []
+        count = torch.tensor([len(plan)], device=self.device)
+        dist.all_reduce(count, op=dist.ReduceOp.MAX)
+        plan += [[] for _ in range(int(count.item()) - len(plan))]
+        return [pack(units, batch, self.pad_token_id).to(self.device) for units in plan]
 
-    def train_step(self, batch: TrainBatch, global_num_tokens: int) -> dict[str, float]:
+    def train_step(
+        self, batch: TrainBatch, global_num_tokens: int, global_rows: int
+    ) -> tuple[dict[str, float], list[float]]:
         """One GRPO update on this rank's rows; metrics are reduced over all ranks (token-weighted).
 
+        `global_num_tokens` counts every completion token of the step, including rows left out because their
+        advantage is 0 (they add exactly nothing to the loss), so the update equals the one over the full batch.
+        `global_rows` is the number of rows sent to all ranks: with none, no rank runs a pass or an optimizer step.
         The old logprobs are the first pass's own logprobs, detached: every micro-batch of that pass runs before
         the first optimizer step, so they are exactly the current weights' logprobs, without a separate forward.
+        Returns the metrics and, per row of `batch`, the summed logprob of its tokens from that first pass.
         """
-        micro = [mb for _, mb in self._micro_batches(batch)]
-        sums = torch.zeros(6, dtype=torch.float64)  # token sums of: loss, clip, kl, entropy, mismatch, ratio
+        self.steps_done += 1
+        if global_rows == 0:
+            return {"train/updates": 0.0, "train/skipped": 0.0, "train/skipped_steps": float(self.skipped_steps)}, []
+        micro = self._micro_batches(batch)
+        # token sums of: loss, clip, approx kl, entropy, mismatch, ratio; then scored tokens, skipped updates
+        sums = torch.zeros(8, dtype=torch.float64)
+        row_logprobs = torch.zeros(len(batch), dtype=torch.float64)  # (rows,)
         old_logprobs: list[torch.Tensor] = []
+        updates, grad_norm = 0, torch.tensor(0.0)
         self.model.train()
         for epoch in range(self.cfg.ppo_epochs):
             for index, mb in enumerate(micro):
-                logits = self._completion_logits(mb)  # (n, T, V)
-                logprobs = token_logprobs(logits, mb.completion_ids)  # (n, T)
-                mask = mb.completion_mask
+                logprobs, entropy = self.model.score(mb)  # (M,), (M,)
                 if epoch == 0:
                     old_logprobs.append(logprobs.detach())
-                    with torch.no_grad():
-                        sums[3] += token_entropy(logits.detach())[mask].double().sum().cpu()
-                        sums[4] += (logprobs.detach() - mb.engine_logprobs)[mask].abs().double().sum().cpu()
-                del logits
+                    sums[3] += entropy.double().sum().cpu()
+                    sums[4] += (logprobs.detach() - mb.engine_logprobs).abs().double().sum().cpu()
+                    sums[6] += mb.num_tokens
+                    rows = torch.tensor(mb.rows, dtype=torch.long)[mb.token_row.cpu()]  # (M,)
+                    row_logprobs.index_add_(0, rows, logprobs.detach().double().cpu())
+                scored = torch.ones_like(logprobs, dtype=torch.bool)[:, None]  # (M, 1): each token its own "row"
                 loss, metrics = clipped_policy_loss(
-                    logprobs, old_logprobs[index], mb.advantages, mask, self.cfg.clip_eps, num_tokens=global_num_tokens
+                    logprobs[:, None],
+                    old_logprobs[index][:, None],
+                    mb.advantages,
+                    scored,
+                    self.cfg.clip_eps,
+                    num_tokens=global_num_tokens,
                 )
-                if self.nan_hook_step == self.steps_done + 1:  # test-only fault injection
+                if self.nan_hook_step == self.steps_done:  # test-only fault injection
                     loss = loss * float("nan")
                 # FSDP averages gradients over ranks; each rank's loss is already its share of the global mean.
                 (loss * self.world_size).backward()
-                local_tokens = int(mask.sum())
-                weight = local_tokens / self.cfg.ppo_epochs
+                weight = mb.num_tokens / self.cfg.ppo_epochs
                 sums[0] += loss.detach().double().cpu() / self.cfg.ppo_epochs
                 sums[1] += metrics["clip_frac"].double().cpu() * weight
                 sums[2] += metrics["approx_kl"].double().cpu() * weight
@@ -154,35 +169,40 @@ class LearnerRank:
             dist.all_reduce(finite, op=dist.ReduceOp.MIN)  # every rank skips together or steps together
             if finite.item() == 1.0:
                 self.optimizer.step()
+                updates += 1
             else:
                 self.skipped_steps += 1
+                sums[7] += 1.0 / self.world_size  # summed over ranks below: one per skipped update
             self.optimizer.zero_grad(set_to_none=True)
-        self.steps_done += 1
         sums = sums.to(self.device)
         dist.all_reduce(sums)
         sums = sums.cpu()
-        norm = max(global_num_tokens, 1)
-        return {
+        scored_tokens = max(float(sums[6]), 1.0)
+        metrics = {
             "grpo_loss": float(sums[0]),
-            "train/clip_frac": float(sums[1]) / norm,
-            "train/kl": float(sums[2]) / norm,
-            "train/entropy": float(sums[3]) / norm,
-            "train/logprob_mismatch": float(sums[4]) / norm,
-            "train/ratio_mean": float(sums[5]) / norm,
+            "train/clip_frac": float(sums[1]) / scored_tokens,
+            "train/kl": float(sums[2]) / scored_tokens,
+            "train/entropy": float(sums[3]) / scored_tokens,
+            "train/logprob_mismatch": float(sums[4]) / scored_tokens,
+            "train/ratio_mean": float(sums[5]) / scored_tokens,
+            "train/tokens_trained": float(sums[6]),
             "train/grad_norm": float(grad_norm),
-            "train/skipped": float(finite.item() != 1.0),
+            "train/updates": float(updates),
+            "train/skipped": round(float(sums[7])),
             "train/skipped_steps": float(self.skipped_steps),
         }
+        return metrics, row_logprobs.tolist()
 
     def logprobs(self, batch: TrainBatch) -> list[list[float]]:
         """The current policy's logprob of every completion token (no update), per row in the given order."""
         self.model.eval()
         rows: list[list[float]] = [[] for _ in range(len(batch))]
         with torch.no_grad():
-            for indices, mb in self._micro_batches(batch):
-                logprobs = token_logprobs(self._completion_logits(mb), mb.completion_ids).cpu()  # (n, T)
-                for row, lp, mask in zip(indices, logprobs, mb.completion_mask.cpu(), strict=True):
-                    rows[row] = lp[mask].tolist()
+            for mb in self._micro_batches(batch):
+                logprobs = self.model.score(mb)[0].cpu()  # (M,)
+                token_row = mb.token_row.cpu()
+                for local, row in enumerate(mb.rows):
+                    rows[row] = logprobs[token_row == local].tolist()
         return rows
 
     def set_nan_hook(self, step: int | None) -> None:
@@ -193,10 +213,16 @@ class LearnerRank:
 
     def full_state(self) -> dict[str, torch.Tensor]:
         """Collective: gather the full weights on rank 0 (in the sync dtype, tied head dropped); {} elsewhere."""
+        state = self._full_hf_state()
+        return {name: tensor.to(self.sync_dtype) for name, tensor in state.items()}
+
+    def _full_hf_state(self) -> dict[str, torch.Tensor]:
+        """Collective: full fp32 weights under Hugging Face names on rank 0 (tied head dropped); {} elsewhere."""
         state = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
         if self.rank != 0:
             return {}
-        return {name: state[name].to(self.sync_dtype) for name in synced_names(state, self.tied)}
+        state = {name.removeprefix(LM_PREFIX): tensor for name, tensor in state.items()}
+        return {name: state[name] for name in synced_names(state, self.tied)}
 
     def publish_weights(self) -> tuple[list, str]:
         """Collective: rank 0 puts the full weights in the object store once.
@@ -245,12 +271,12 @@ class LearnerRank:
         """Collective: write the policy as an HF folder (safetensors + config + tokenizer) on rank 0."""
         from safetensors.torch import save_file
 
-        state = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        state = self._full_hf_state()
         if self.rank != 0:
             return
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        kept = {name: state[name].contiguous() for name in synced_names(state, self.tied)}
+        kept = {name: tensor.contiguous() for name, tensor in state.items()}
         save_file(kept, out / "model.safetensors", metadata={"format": "pt"})
         for name in _HF_SIDE_FILES:
             if (Path(self.model_dir) / name).is_file():

@@ -58,7 +58,7 @@ def test_debug_yaml_loads(monkeypatch: pytest.MonkeyPatch) -> None:
     assert cfg.rollout.n == 4
     assert cfg.rollout.max_tokens == 128
     assert cfg.learner.lr == 1e-6 and isinstance(cfg.learner.lr, float)
-    assert cfg.learner.micro_batches == 2
+    assert cfg.learner.shared_prompt and cfg.learner.skip_zero_advantage
     assert cfg.trainer.total_steps == 3
     assert cfg.wandb.mode == "offline"
     assert cfg.data.response_prefix == "<think>\n"
@@ -176,6 +176,11 @@ OVERRIDE_ERRORS = [
         ["data.prompts_per_step=4", "rollout.num_workers=5"], "rollout.num_workers", "5", id="workers-gt-prompts"
     ),
     pytest.param(["rollout.n8"], "rollout.n8", "None", id="no-equals"),
+    pytest.param(["rollout.top_p=0.9"], "rollout.top_p", "0.9", id="top-p-truncation"),
+    pytest.param(["rollout.cpus_per_worker=-1"], "rollout.cpus_per_worker", "-1", id="negative-cpus"),
+    pytest.param(
+        ["learner.max_tokens_per_micro_batch=0"], "learner.max_tokens_per_micro_batch", "0", id="zero-token-budget"
+    ),
     pytest.param(["data.source=./no_such_data_folder"], "data.source", "'./no_such_data_folder'", id="missing-data"),
 ]
 

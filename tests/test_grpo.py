@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from learner.grpo import clipped_policy_loss, group_advantages, kl_k3, token_entropy, token_logprobs
+from learner.grpo import clipped_policy_loss, group_advantages, kl_k3
 
 F64 = torch.float64
 
@@ -57,13 +57,6 @@ def ref_kl(lp, ref, mask, num_tokens=None) -> float:
                 total += r - 1 - math.log(r)
                 count += 1
     return total / (num_tokens if num_tokens is not None else max(count, 1))
-
-
-def ref_log_softmax(row: list[float], temperature: float) -> list[float]:
-    xs = [x / temperature for x in row]
-    m = max(xs)
-    lse = m + math.log(sum(math.exp(x - m) for x in xs))
-    return [x - lse for x in xs]
 
 
 def random_batch(n: int = 6, t: int = 5, seed: int = 0):
@@ -175,8 +168,7 @@ def test_shards_and_micro_batches_add_up_to_full_step() -> None:
 
     # Two data-parallel shards (split rows), each given the global token count.
     shard_sum = sum(
-        clipped_policy_loss(lp[s], old[s], adv[s], mask[s], num_tokens=total)[0]
-        for s in (slice(0, 2), slice(2, 8))
+        clipped_policy_loss(lp[s], old[s], adv[s], mask[s], num_tokens=total)[0] for s in (slice(0, 2), slice(2, 8))
     )
     assert torch.allclose(shard_sum, full, rtol=1e-12, atol=1e-12)
     assert int(mask[:2].sum()) != int(mask[2:].sum())
@@ -273,37 +265,3 @@ def test_kl_k3() -> None:
     assert torch.autograd.gradcheck(lambda v: kl_k3(v, ref, mask), (x,))
     with pytest.raises(ValueError):
         kl_k3(lp, ref[:, :2], mask)
-
-
-# ---------------------------------------------------------------- token_logprobs / token_entropy
-
-
-@pytest.mark.parametrize("temperature", [1.0, 0.7])
-def test_token_logprobs_and_entropy_match_loop(temperature: float) -> None:
-    g = torch.Generator().manual_seed(6)
-    logits = torch.randn(2, 3, 5, generator=g, dtype=F64) * 3
-    tokens = torch.randint(5, (2, 3), generator=g)
-    got = token_logprobs(logits, tokens, temperature)
-    ent = token_entropy(logits, temperature)
-    assert got.shape == (2, 3) and ent.shape == (2, 3)
-    for i in range(2):
-        for t in range(3):
-            logp = ref_log_softmax(logits[i, t].tolist(), temperature)
-            assert math.isclose(got[i, t].item(), logp[int(tokens[i, t])], rel_tol=1e-12, abs_tol=1e-12)
-            h = -sum(math.exp(v) * v for v in logp)
-            assert math.isclose(ent[i, t].item(), h, rel_tol=1e-12, abs_tol=1e-12)
-
-
-def test_token_logprobs_upcasts_and_entropy_handles_neg_inf() -> None:
-    logits = torch.randn(2, 3, 7).to(torch.bfloat16)
-    tokens = torch.zeros(2, 3, dtype=torch.long)
-    assert token_logprobs(logits, tokens).dtype == torch.float32
-    masked = torch.zeros(1, 1, 4)
-    masked[..., 2:] = -float("inf")
-    assert token_entropy(masked).item() == pytest.approx(math.log(2))
-    with pytest.raises(ValueError):
-        token_logprobs(logits[0], tokens[0])
-    with pytest.raises(ValueError):
-        token_logprobs(logits, tokens[:, :2])
-    with pytest.raises(ValueError):
-        token_entropy(logits, temperature=0.0)

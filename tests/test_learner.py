@@ -8,96 +8,147 @@ import pytest
 import torch
 
 from cluster.config import LearnerConfig
-from learner.batch import TrainBatch, pad_batch
-from learner.group import LearnerGroup
+from learner.batch import TrainBatch
+from learner.group import LearnerGroup, split_by_group
+from learner.grpo import group_advantages
+
+N = 4  # completions per group
 
 
-def _batch(rows: int, seed: int = 0) -> TrainBatch:
+def _batch(groups: int, seed: int = 0, rewards: list[float] | None = None) -> TrainBatch:
+    """`groups` GRPO groups of N rows with random prompts/completions; advantages from `rewards` (or random)."""
     gen = torch.Generator().manual_seed(seed)
-    prompts = [
-        torch.randint(5, 1000, (int(torch.randint(3, 9, (1,), generator=gen)),), generator=gen).tolist()
-        for _ in range(rows)
-    ]
-    completions = [
-        torch.randint(5, 1000, (int(torch.randint(1, 12, (1,), generator=gen)),), generator=gen).tolist()
-        for _ in range(rows)
-    ]
-    return TrainBatch(
-        prompt_token_ids=prompts,
-        completion_token_ids=completions,
-        advantages=torch.randn(rows, generator=gen).tolist(),
-        engine_logprobs=[[-1.0] * len(c) for c in completions],
-    )
+    prompts, completions, group_ids = [], [], []
+    for group in range(groups):
+        prompt = torch.randint(5, 1000, (int(torch.randint(3, 9, (1,), generator=gen)),), generator=gen).tolist()
+        for _ in range(N):
+            prompts.append(prompt)
+            length = int(torch.randint(1, 12, (1,), generator=gen))
+            completions.append(torch.randint(5, 1000, (length,), generator=gen).tolist())
+            group_ids.append(group)
+    if rewards is None:
+        rewards = torch.rand(groups * N, generator=gen).tolist()
+    advantages = group_advantages(torch.tensor(rewards, dtype=torch.float64), N).tolist()
+    return TrainBatch(prompts, completions, advantages, [[-1.0] * len(c) for c in completions], group_ids)
 
 
-def test_pad_batch_layout() -> None:
-    batch = TrainBatch([[1, 2, 3], [4]], [[5, 6], [7, 8, 9]], [1.0, -1.0], [[-0.1, -0.2], [-0.3, -0.4, -0.5]])
-    padded = pad_batch(batch, pad_token_id=0)
-    assert padded.input_ids.tolist() == [[1, 2, 3, 5, 6, 0], [0, 0, 4, 7, 8, 9]]
-    assert padded.attention_mask.tolist() == [[1, 1, 1, 1, 1, 0], [0, 0, 1, 1, 1, 1]]
-    assert padded.position_ids.tolist() == [[0, 1, 2, 3, 4, 4], [0, 0, 0, 1, 2, 3]]
-    assert padded.completion_mask.tolist() == [[True, True, False], [True, True, True]]
-    assert padded.engine_logprobs[0].tolist() == pytest.approx([-0.1, -0.2, 0.0])
-
-
-def _unpadded_logprobs(model_dir: Path, batch: TrainBatch) -> list[list[float]]:
-    """Reference: each row alone through transformers, no padding at all."""
+def _unpadded_logprobs(model_dir: Path, batch: TrainBatch, temperature: float) -> list[list[float]]:
+    """Reference: each row alone through transformers, no padding at all, float64 log_softmax(logits / T)."""
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
     rows = []
     with torch.no_grad():
         for prompt, completion in zip(batch.prompt_token_ids, batch.completion_token_ids, strict=True):
-            logits = model(torch.tensor([prompt + completion])).logits[0, len(prompt) - 1 : -1]  # (T, V)
-            rows.append(torch.log_softmax(logits, -1).gather(1, torch.tensor(completion)[:, None])[:, 0].tolist())
+            logits = model(torch.tensor([prompt + completion])).logits[0, len(prompt) - 1 : -1].double()  # (T, V)
+            logp = torch.log_softmax(logits / temperature, dim=-1)
+            rows.append(logp.gather(1, torch.tensor(completion)[:, None])[:, 0].tolist())
     return rows
 
 
-@pytest.mark.parametrize("num_ranks", [1, 2])
-def test_learner_logprobs_equal_unpadded_reference(ray_cluster: None, tiny_model_dir: Path, num_ranks: int) -> None:
-    batch = _batch(8)
-    group = LearnerGroup(LearnerConfig(num_ranks=num_ranks, micro_batches=2), str(tiny_model_dir), "bfloat16", 0)
+def test_split_by_group_keeps_groups_whole_and_balances_tokens() -> None:
+    batch = _batch(5, seed=3)
+    shards = split_by_group(batch, list(range(len(batch))), 2)
+    assert sorted(r for s in shards for r in s) == list(range(len(batch)))
+    for shard in shards:
+        assert {batch.group_ids[r] for r in shard}.isdisjoint(
+            {batch.group_ids[r] for s in shards if s is not shard for r in s}
+        )
+    assert split_by_group(batch, [], 3) == [[], [], []]
+
+
+@pytest.mark.parametrize(("num_ranks", "temperature"), [(1, 0.7), (2, 1.0), (2, 0.7)])
+def test_learner_logprobs_equal_unpadded_reference(
+    ray_cluster: None, tiny_model_dir: Path, num_ranks: int, temperature: float
+) -> None:
+    batch = _batch(3)
+    cfg = LearnerConfig(num_ranks=num_ranks, max_tokens_per_micro_batch=40)
+    group = LearnerGroup(cfg, str(tiny_model_dir), temperature, "bfloat16", 0)
     got = group.logprobs(batch)
     group.shutdown()
-    want = _unpadded_logprobs(tiny_model_dir, batch)
+    want = _unpadded_logprobs(tiny_model_dir, batch, temperature)
     for g, w in zip(got, want, strict=True):
         assert g == pytest.approx(w, abs=1e-4)
 
 
-def test_sharding_and_micro_batching_give_the_same_update(ray_cluster: None, tiny_model_dir: Path) -> None:
-    """L=1 with one micro-batch and L=2 with two micro-batches each: same loss, same new weights."""
-    batch = _batch(8, seed=1)
-    results = {}
-    for num_ranks, micro in ((1, 1), (2, 2)):
-        group = LearnerGroup(
-            LearnerConfig(num_ranks=num_ranks, micro_batches=micro, lr=1e-3), str(tiny_model_dir), "float32", 0
-        )
-        metrics = group.train_step(batch)
-        results[(num_ranks, micro)] = (metrics, group.logprobs(batch))
-        group.shutdown()
-    (m1, lp1), (m2, lp2) = results[(1, 1)], results[(2, 2)]
-    assert m1["grpo_loss"] == pytest.approx(m2["grpo_loss"], abs=1e-6)
-    assert m1["train/grad_norm"] == pytest.approx(m2["train/grad_norm"], rel=1e-4)
-    for a, b in zip(lp1, lp2, strict=True):
-        assert a == pytest.approx(b, abs=1e-4)
+def _one_step(model_dir: Path, batch: TrainBatch, **cfg: object) -> tuple[dict, list, list]:
+    group = LearnerGroup(LearnerConfig(lr=1e-3, **cfg), str(model_dir), 0.7, "float32", 0)
+    metrics, learner_logprobs = group.train_step(batch)
+    after = group.logprobs(batch)
+    group.shutdown()
+    return metrics, learner_logprobs, after
+
+
+def test_shared_prompt_skip_and_splits_give_the_same_update(ray_cluster: None, tiny_model_dir: Path) -> None:
+    """The same fp32 update whether prompts are shared or not, zero-advantage rows skipped or not, on 1 or 2 ranks
+    with one or several micro-batches. Group 1 has zero spread and group 2 two rows exactly at its mean."""
+    rewards = [0.1, 0.9, 0.5, 0.3] + [1.0] * N + [0.0, 1.0, 0.5, 0.5] + [0.2, 0.7, 0.7, 0.4]
+    batch = _batch(4, seed=1, rewards=rewards)
+    assert sum(a == 0.0 for a in batch.advantages) == N + 2
+    runs = {
+        "L1 shared skip": _one_step(tiny_model_dir, batch),
+        "L1 plain no-skip": _one_step(
+            tiny_model_dir, batch, shared_prompt=False, skip_zero_advantage=False, max_tokens_per_micro_batch=30
+        ),
+        "L2 shared skip small": _one_step(tiny_model_dir, batch, num_ranks=2, max_tokens_per_micro_batch=20),
+        "L2 plain skip": _one_step(tiny_model_dir, batch, num_ranks=2, shared_prompt=False),
+    }
+    base_metrics, base_logprobs, base_after = runs["L1 shared skip"]
+    assert base_metrics["train/rows_trained"] == len(batch) - N - 2
+    assert runs["L1 plain no-skip"][0]["train/rows_trained"] == len(batch)
+    for name, (metrics, learner_logprobs, after) in runs.items():
+        assert metrics["train/updates"] == 1.0, name
+        assert metrics["grpo_loss"] == pytest.approx(base_metrics["grpo_loss"], abs=1e-6), name
+        assert metrics["train/grad_norm"] == pytest.approx(base_metrics["train/grad_norm"], rel=1e-4), name
+        for a, b in zip(after, base_after, strict=True):
+            assert a == pytest.approx(b, abs=1e-4), name
+        for row, (value, base) in enumerate(zip(learner_logprobs, base_logprobs, strict=True)):
+            if batch.advantages[row] == 0.0 and "no-skip" not in name:
+                assert value is None, name  # not forwarded
+            elif base is not None:
+                assert value == pytest.approx(base, abs=1e-4), name
+
+
+def test_all_zero_advantage_step_takes_no_optimizer_step(ray_cluster: None, tiny_model_dir: Path) -> None:
+    batch = _batch(2, rewards=[0.5] * N + [2.0] * N)
+    group = LearnerGroup(LearnerConfig(lr=1e-2), str(tiny_model_dir), 1.0, "float32", 0)
+    before = group.logprobs(batch)
+    metrics, learner_logprobs = group.train_step(batch)
+    after = group.logprobs(batch)
+    group.shutdown()
+    assert metrics["train/updates"] == 0.0 and metrics["train/rows_trained"] == 0.0
+    assert learner_logprobs == [None] * len(batch)
+    assert after == before  # bit-exact: no AdamW step (which would move weights through weight decay or momentum)
+
+
+def test_two_ppo_epochs_clip_and_both_updates_count(ray_cluster: None, tiny_model_dir: Path) -> None:
+    batch = _batch(3, seed=4)
+    group = LearnerGroup(LearnerConfig(lr=5e-2, ppo_epochs=2, clip_eps=0.05), str(tiny_model_dir), 1.0, "float32", 0)
+    before = group.logprobs(batch)
+    metrics, _ = group.train_step(batch)
+    after = group.logprobs(batch)
+    group.shutdown()
+    assert metrics["train/updates"] == 2.0
+    assert metrics["train/clip_frac"] > 0  # the second epoch's ratio left [1 - eps, 1 + eps] for some tokens
+    assert after != before
 
 
 def test_update_raises_logprob_of_positive_advantage(ray_cluster: None, tiny_model_dir: Path) -> None:
-    batch = _batch(4, seed=2)
-    batch = TrainBatch(
-        batch.prompt_token_ids, batch.completion_token_ids, [1.0, -1.0, 1.0, -1.0], batch.engine_logprobs
+    batch = _batch(2, seed=2, rewards=[1.0, 0.0, 1.0, 0.0, 0.0, 1.0, 0.0, 1.0])
+    group = LearnerGroup(
+        LearnerConfig(num_ranks=2, lr=1e-3, param_dtype="bfloat16"), str(tiny_model_dir), 1.0, "bfloat16", 0
     )
-    group = LearnerGroup(LearnerConfig(num_ranks=2, micro_batches=1, lr=1e-3), str(tiny_model_dir), "bfloat16", 0)
     before = group.logprobs(batch)
-    metrics = group.train_step(batch)
+    metrics, _ = group.train_step(batch)
     after = group.logprobs(batch)
-    assert metrics["train/skipped"] == 0.0
+    assert metrics["train/skipped"] == 0.0 and metrics["train/updates"] == 1.0
     group.set_nan_hook(2)
-    skipped = group.train_step(batch)
+    skipped, _ = group.train_step(batch)
     unchanged = group.logprobs(batch)
     group.shutdown()
     for row, advantage in enumerate(batch.advantages):
         change = sum(after[row]) - sum(before[row])
         assert change > 0 if advantage > 0 else change < 0
     assert skipped["train/skipped"] == 1.0 and skipped["train/skipped_steps"] == 1.0
+    assert skipped["train/updates"] == 0.0
     assert unchanged == after

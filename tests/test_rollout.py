@@ -108,28 +108,43 @@ def test_same_seed_repeats_and_worker_count_does_not_matter(two_workers: list) -
     assert _texts(generate_with_workers(two_workers, PROMPTS, _seeds(4, len(PROMPTS)), 4)) != _texts(one_a)
 
 
-def test_engine_logprobs_match_transformers_fp32(ray_cluster: None, smollm2_dir: Path) -> None:
-    """The real SmolLM2-135M: engine (bf16) logprobs vs a transformers fp32 forward on the same sampled tokens."""
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_engine_logprobs_match_transformers_fp32(ray_cluster: None, smollm2_dir: Path, temperature: float) -> None:
+    """The real SmolLM2-135M: engine (bf16) logprobs vs a transformers fp32 forward scored at the sampling
+    temperature, log_softmax(logits / T) in float64, on the same sampled tokens.
+
+    The engine reports the distribution it sampled from (vLLM's processed logprobs), so the gap is the bf16 one
+    measured at T = 1 (mean 0.035 on these prompts) at any T. At T = 0.7 scoring the raw logits instead, as the
+    learner did before, is far off: that is the gap the learner's temperature closes.
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from cluster.data import build_prompt
-    from learner.grpo import token_logprobs
 
     tokenizer = AutoTokenizer.from_pretrained(smollm2_dir)
     prompts = [build_prompt(tokenizer, q) for q in ("What is 12 * 7?", "A pen costs $3. How much do 4 pens cost?")]
-    cfg = RolloutConfig(max_tokens=48, max_model_len=512, kv_cache_gib=1)
+    cfg = RolloutConfig(max_tokens=48, max_model_len=512, kv_cache_gib=1, temperature=temperature)
     [worker] = create_rollout_workers(cfg, str(smollm2_dir), seed=0, count=1)
     completions = generate_with_workers([worker], prompts, _seeds(1, 2), 4)
     ray.kill(worker)
 
     model = AutoModelForCausalLM.from_pretrained(smollm2_dir, dtype=torch.float32).eval()
-    diffs = []
+    diffs, raw_diffs = [], []
     with torch.no_grad():
         for c in completions:
             ids = torch.tensor([c.prompt_token_ids + c.token_ids])  # (1, P+T)
-            logits = model(ids).logits[:, len(c.prompt_token_ids) - 1 : -1]  # (1, T, V)
-            learner = token_logprobs(logits, torch.tensor([c.token_ids]))[0]  # (T,)
-            diffs.append((learner - torch.tensor(c.engine_logprobs)).abs())
-    all_diffs = torch.cat(diffs)
-    print(f"engine vs transformers fp32 logprob |diff|: mean {all_diffs.mean():.4f} max {all_diffs.max():.4f}")
+            logits = model(ids).logits[0, len(c.prompt_token_ids) - 1 : -1].double()  # (T, V)
+            tokens = torch.tensor(c.token_ids)[:, None]  # (T, 1)
+            learner = torch.log_softmax(logits / temperature, -1).gather(1, tokens)[:, 0]  # (T,)
+            raw = torch.log_softmax(logits, -1).gather(1, tokens)[:, 0]  # (T,)
+            engine = torch.tensor(c.engine_logprobs, dtype=torch.float64)
+            diffs.append((learner - engine).abs())
+            raw_diffs.append((raw - engine).abs())
+    all_diffs, all_raw = torch.cat(diffs), torch.cat(raw_diffs)
+    print(
+        f"T={temperature}: engine vs transformers fp32 logprob |diff| mean {all_diffs.mean():.4f} max "
+        f"{all_diffs.max():.4f}; scored at T=1 instead: mean {all_raw.mean():.4f}"
+    )
     assert all_diffs.mean() < 0.05
+    if temperature != 1.0:
+        assert all_raw.mean() > 2 * all_diffs.mean()

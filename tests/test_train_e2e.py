@@ -87,6 +87,10 @@ def test_rollouts_agree_with_rewards_advantages_and_versions(e2e_run: Path) -> N
             assert line["rewards"]["letter_a_share"] == letter_a_share([line["completion"]], [line["gold"]])[0]
             assert line["total"] == pytest.approx(sum(line["rewards"].values()), abs=1e-12)
             assert line["policy_version"] == step - 1
+            # Rows with advantage exactly 0 are not forwarded by the learner (learner.skip_zero_advantage).
+            assert (line["learner_logprob"] is None) == (line["advantage"] == 0.0)
+            if line["learner_logprob"] is not None and step == 1:  # same weights on both sides, both at T
+                assert abs(line["learner_logprob"] - line["engine_logprob"]) < 0.05 * line["num_tokens"]
         assert sorted(len(group) for group in by_prompt.values()) == [N] * B
         totals = torch.tensor([line["total"] for line in lines], dtype=torch.float64)
         expected = group_advantages(totals, N)
@@ -96,6 +100,32 @@ def test_rollouts_agree_with_rewards_advantages_and_versions(e2e_run: Path) -> N
     # The learner recomputes step 1's logprobs from the same weights the engine sampled with (bf16 engine vs fp32
     # learner): the rollout issue measured 0.035 mean |diff| on SmolLM2; the tiny model is far below that.
     assert metrics[1]["train/logprob_mismatch"] < 0.05
+
+
+def test_steps_without_signal_train_and_push_nothing(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """Every group has zero spread: no row is forwarded, no optimizer step, no weight transfer, yet each step's
+    version advances (version s = version s-1) so step s still samples with version s-1."""
+    run_dir = tmp_path / "run"
+    run_launch(
+        tiny_run_overrides(
+            tiny_model_dir,
+            run_dir,
+            "reward.functions=tests.train_rewards:constant_one",
+            "data.prompts_per_step=2",
+            "trainer.total_steps=3",
+            "trainer.checkpoint_every=0",
+        )
+    )
+    records = _step_records(run_dir)
+    assert sorted(records) == [1, 2, 3]
+    for step, record in records.items():
+        assert record["train/updates"] == 0.0 and record["sync/pushed"] == 0.0 and record["train/rows_trained"] == 0
+        assert record["policy_version"] == step - 1
+    for line in _lines(run_dir / "rollouts.jsonl"):
+        assert line["learner_logprob"] is None and line["policy_version"] == line["step"] - 1
+    initial, final = load_file(tiny_model_dir / "model.safetensors"), load_file(run_dir / "final" / "model.safetensors")
+    for name, tensor in final.items():
+        assert torch.equal(tensor, initial[name]), name  # no AdamW step ever ran
 
 
 def test_metrics_have_every_documented_name(e2e_run: Path) -> None:
@@ -115,6 +145,9 @@ def test_metrics_have_every_documented_name(e2e_run: Path) -> None:
         "train/kl",
         "train/entropy",
         "train/logprob_mismatch",
+        "train/rows_trained",
+        "train/updates",
+        "sync/pushed",
         "time/rollout",
         "time/reward",
         "time/train",
