@@ -62,6 +62,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--model", default=SMOLLM2_GGUF)
     parser.add_argument("--data", default=str(GSM8K_DIR))
     parser.add_argument("--out", type=Path, help="also write every number here as JSON")
+    parser.add_argument(
+        "--profile",
+        metavar="DTYPE",
+        help="instead: profile one `both` step in this process (torch.profiler) and print the top ops by CPU time",
+    )
     return parser.parse_args(argv)
 
 
@@ -157,6 +162,28 @@ def run_config(model_dir: Path, batch: Any, dtype: str, switches: dict[str, bool
     return {"step_s": statistics.median(times), "peak_rss_mb": peak.peak_mb}
 
 
+def profile_step(model_dir: Path, batch: Any, dtype: str, rows: int = 20) -> None:
+    """Where one step's time goes: a single learner rank in this process (world size 1), one warm-up step, then
+    one profiled step; the table is torch.profiler's ops by self CPU time."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    from cluster.config import LearnerConfig
+    from learner.learner_rank import LearnerRank
+    from learner.sync import free_port
+
+    cfg = LearnerConfig(lr=1e-6, param_dtype=dtype)
+    rank = LearnerRank(0, 1, "127.0.0.1", free_port(), str(model_dir), cfg, 1.0, "bfloat16", 0)
+    rank.train_step(batch, batch.num_tokens, len(batch))
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        start = time.perf_counter()
+        rank.train_step(batch, batch.num_tokens, len(batch))
+        seconds = time.perf_counter() - start
+    print(f"{dtype} `both` step: {seconds:.2f} s, torch threads {torch.get_num_threads()}")
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows, max_name_column_width=60))
+    rank.shutdown()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     import ray
@@ -180,6 +207,9 @@ def main(argv: list[str] | None = None) -> int:
         f"TFLOP",
         flush=True,
     )
+    if args.profile:
+        profile_step(model_dir, batch, args.profile)
+        return 0
     dtypes = args.dtypes.split(",")
     ray.init(
         num_cpus=2,

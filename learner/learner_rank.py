@@ -125,16 +125,14 @@ class LearnerRank:
         Returns the metrics and, per row of `batch`, the summed logprob of its tokens from that first pass.
         """
         self.steps_done += 1
-        if global_rows == 0:
-            return {"train/updates": 0.0, "train/skipped": 0.0, "train/skipped_steps": float(self.skipped_steps)}, []
-        micro = self._micro_batches(batch)
+        micro = self._micro_batches(batch) if global_rows else []
         # token sums of: loss, clip, approx kl, entropy, mismatch, ratio; then scored tokens, skipped updates
         sums = torch.zeros(8, dtype=torch.float64)
         row_logprobs = torch.zeros(len(batch), dtype=torch.float64)  # (rows,)
         old_logprobs: list[torch.Tensor] = []
         updates, grad_norm = 0, torch.tensor(0.0)
         self.model.train()
-        for epoch in range(self.cfg.ppo_epochs):
+        for epoch in range(self.cfg.ppo_epochs if micro else 0):
             for index, mb in enumerate(micro):
                 logprobs, entropy = self.model.score(mb)  # (M,), (M,)
                 if epoch == 0:
@@ -177,15 +175,19 @@ class LearnerRank:
         sums = sums.to(self.device)
         dist.all_reduce(sums)
         sums = sums.cpu()
-        scored_tokens = max(float(sums[6]), 1.0)
+        scored_tokens = float(sums[6])
+
+        def token_mean(total: torch.Tensor) -> float:  # NaN when no token was trained: nothing was measured
+            return float(total) / scored_tokens if scored_tokens else float("nan")
+
         metrics = {
             "grpo_loss": float(sums[0]),
-            "train/clip_frac": float(sums[1]) / scored_tokens,
-            "train/kl": float(sums[2]) / scored_tokens,
-            "train/entropy": float(sums[3]) / scored_tokens,
-            "train/logprob_mismatch": float(sums[4]) / scored_tokens,
-            "train/ratio_mean": float(sums[5]) / scored_tokens,
-            "train/tokens_trained": float(sums[6]),
+            "train/clip_frac": token_mean(sums[1]),
+            "train/kl": token_mean(sums[2]),
+            "train/entropy": token_mean(sums[3]),
+            "train/logprob_mismatch": token_mean(sums[4]),
+            "train/ratio_mean": token_mean(sums[5]),
+            "train/tokens_trained": scored_tokens,
             "train/grad_norm": float(grad_norm),
             "train/updates": float(updates),
             "train/skipped": round(float(sums[7])),

@@ -240,9 +240,10 @@ def test_sigkill_then_resume_equals_uninterrupted_run(
     assert [(r["step"], r["completion"]) for r in _lines(run_dir / "rollouts.jsonl")] == reference_rollouts
 
 
-@pytest.mark.parametrize("seed", [0, 1])
-def test_learning_signal_end_to_end(tiny_model_dir: Path, tmp_path: Path, seed: int) -> None:
-    """A reward the tiny model can move (the share of the letter 'a') must rise within 15 steps."""
+@pytest.mark.parametrize(("seed", "param_dtype"), [(0, "bfloat16"), (1, "bfloat16"), (0, "float32")])
+def test_learning_signal_end_to_end(tiny_model_dir: Path, tmp_path: Path, seed: int, param_dtype: str) -> None:
+    """A reward the tiny model can move (the share of the letter 'a') must rise within 15 steps, in bf16 mixed
+    precision (the default) and in fp32."""
     run_dir = tmp_path / "run"
     run_launch(
         tiny_run_overrides(
@@ -255,10 +256,11 @@ def test_learning_signal_end_to_end(tiny_model_dir: Path, tmp_path: Path, seed: 
             "learner.lr=3e-2",
             "trainer.total_steps=15",
             f"trainer.seed={seed}",
+            f"learner.param_dtype={param_dtype}",
             "trainer.checkpoint_every=0",
         )
     )
     means = [r["rewards/mean"] for r in _step_records(run_dir).values()]
     first, last = statistics.fmean(means[:3]), statistics.fmean(means[-3:])
-    print(f"seed {seed}: rewards/mean first 3 steps {first:.3f}, last 3 steps {last:.3f}")
+    print(f"seed {seed} {param_dtype}: rewards/mean first 3 steps {first:.3f}, last 3 steps {last:.3f}")
     assert last > first + 0.05, means
