@@ -7,6 +7,7 @@
       checkpoints/step_N/  learner shards (torch.distributed.checkpoint) + trainer_state.json
       rewards.png          reward curves, redrawn every step
       final/               the trained policy as an HF folder
+      wandb_id.txt, wandb/ the wandb run's id and files (when wandb is on)
 
 Checkpoints are written under a temporary name and renamed when complete, so a crash mid-write never leaves
 a checkpoint that resume would read. On resume, lines of steps after the checkpoint are dropped, so every
@@ -59,6 +60,8 @@ class RunDir:
         self.checkpoints = self.root / "checkpoints"
         self.plot_path = self.root / "rewards.png"
         self.final = self.root / "final"
+        self.wandb_id_path = self.root / "wandb_id.txt"
+        self.wandb_dir = self.root / "wandb"
 
     # ---- checks, before anything is written -----------------------------------------------------------------
 
@@ -91,10 +94,11 @@ class RunDir:
     def start(self, cfg: Config, resume_step: int) -> None:
         """Create (or, when overwriting a fresh run, clear) the directory and record the resolved config."""
         if resume_step == 0 and self.root.exists():
-            for path in (self.metrics_path, self.rollouts_path, self.plot_path, self.config_path):
+            # The wandb id goes too: a replaced run is a new wandb run; only a resumed one continues the old id.
+            for path in (self.metrics_path, self.rollouts_path, self.plot_path, self.config_path, self.wandb_id_path):
                 path.unlink(missing_ok=True)
-            shutil.rmtree(self.checkpoints, ignore_errors=True)
-            shutil.rmtree(self.final, ignore_errors=True)
+            for folder in (self.checkpoints, self.final, self.wandb_dir):
+                shutil.rmtree(folder, ignore_errors=True)
         self.root.mkdir(parents=True, exist_ok=True)
         self.checkpoints.mkdir(exist_ok=True)
         _atomic_write(self.config_path, config_to_yaml(cfg))
