@@ -231,11 +231,14 @@ class TrainingLoop:
     def checkpoint(self, step: int) -> None:
         tmp = self.run_dir.begin_checkpoint(step)
         self.workers.learner.save_checkpoint(str(tmp))
-        state = {"step": step, "policy_version": self.workers.policy_version}
+        # The fault counters count over the whole run, so a resumed run carries them on.
+        state = {"step": step, "policy_version": self.workers.policy_version, "faults": dict(self.workers.faults)}
         self.run_dir.commit_checkpoint(tmp, step, state, self.cfg.trainer.keep_checkpoints)
 
     def restore(self, step: int) -> None:
         """Learner state from the checkpoint, then its weights into every rollout worker."""
         state = self.run_dir.trainer_state(step)
+        # Checkpoints written before the counters were saved have none: those runs count from 0 again.
+        self.workers.faults.update(state.get("faults", {}))
         self.workers.learner.load_checkpoint(str(self.run_dir.checkpoint_dir(step)))
         self.workers.sync_weights(version=state["policy_version"])
