@@ -41,6 +41,7 @@ from cluster.data import (
 from cluster.model_source import resolve_model_path
 from cluster.run_dir import RunDir
 from cluster.step import build_step_records, eval_record, format_samples, train_batch
+from cluster.watchdog import start_watchdog
 from learner.grpo import group_advantages
 
 if TYPE_CHECKING:
@@ -91,6 +92,8 @@ def init_ray(cfg: Config) -> None:
     if os.environ.get("RAY_ADDRESS"):
         ray.init(runtime_env=runtime_env)
         return
+    # Before ray.init, so the watchdog sees every process of the local cluster from its first one on.
+    start_watchdog()
     actors = cfg.rollout.num_workers + cfg.reward.num_workers + cfg.learner.num_ranks
     # Phases alternate (rollout, then reward, then train), so logical CPUs may exceed the cores.
     ray.init(num_cpus=max(actors, os.cpu_count() or 1), include_dashboard=False, runtime_env=runtime_env)
