@@ -37,12 +37,12 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
+from actors.rollout import STOP_STRING  # noqa: E402
 from bench.common import add_workload_args, debug_config, machine_line  # noqa: E402
 from cluster.data import build_prompt, response_text, step_problem_indices  # noqa: E402
 from cluster.trainer import prepare_run, running_loop  # noqa: E402
 from rewards.reward_functions import REWARD_FUNCTIONS  # noqa: E402
 
-STOP_STRING = "</answer>"
 GOAL_RATIO = 1 / 3
 
 
