@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO_ROOT, launch_command, tiny_run_overrides
+from tests.conftest import REPO_ROOT, launch_command, run_launch, tiny_run_overrides
 from tests.test_faults import _records, _run_with_killer
 
 PROMPTS, N, STEPS = 2, 4, 3
@@ -67,19 +67,13 @@ def _tear_last_line(path: Path) -> str:
     return half
 
 
-def _run(overrides: list[str]) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(launch_command(overrides), cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, f"launch exited {proc.returncode}:\n{proc.stderr[-4000:]}"
-    return proc
-
-
 @pytest.fixture(scope="module")
 def launches(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Launches:
     run_dir = tmp_path_factory.mktemp("continuity") / "run"
     overrides = _overrides(tiny_model_dir, run_dir)
     wandb_ids = {}
 
-    _run([*overrides, "trainer.overwrite=true", "trainer.total_steps=1"])
+    run_launch([*overrides, "trainer.overwrite=true", "trainer.total_steps=1"])
     wandb_ids["A"] = _wandb_ids(run_dir)
 
     b, killed = _run_with_killer(run_dir, [*overrides, "trainer.overwrite=true"], "ray::RolloutEngine.generate", 1)
@@ -92,6 +86,7 @@ def launches(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     shutil.rmtree(run_dir / "checkpoints" / f"step_{STEPS}")
     shutil.rmtree(run_dir / "final")
     torn = {name: _tear_last_line(run_dir / name) for name in ("metrics.jsonl", "rollouts.jsonl")}
+    # Not run_launch: each test reports C's failure itself, so the wandb-id test still runs if the resume fails.
     c = subprocess.run(
         launch_command([*overrides, "trainer.resume=true"]), cwd=REPO_ROOT, capture_output=True, text=True, timeout=600
     )
