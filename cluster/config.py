@@ -203,7 +203,7 @@ class TrainerConfig:
     seed: int = 0
     run_dir: str = "runs/debug"
     eval_every: int = 0
-    """Evaluate every this many steps (0: only at the end)."""
+    """Also evaluate every this many steps; eval always runs at step 0 and at the end (0: only those two)."""
     eval_size: int = 50
     """Test questions in the fixed eval subset (0 turns eval off)."""
     checkpoint_every: int = 5

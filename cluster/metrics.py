@@ -66,7 +66,8 @@ class MetricsLogger:
 
 
 def _wandb_id(run_dir: RunDir) -> str:
-    path = run_dir.root / "wandb_id.txt"
+    """The run directory's wandb id, made on its first use (`RunDir.start` deletes it when a run is replaced)."""
+    path = run_dir.wandb_id_path
     if not path.is_file():
         path.write_text(uuid.uuid4().hex[:12])
     return path.read_text().strip()

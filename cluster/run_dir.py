@@ -7,10 +7,12 @@
       checkpoints/step_N/  learner shards (torch.distributed.checkpoint) + trainer_state.json
       rewards.png          reward curves, redrawn every step
       final/               the trained policy as an HF folder
+      wandb_id.txt, wandb/ the wandb run's id and files (when wandb is on)
 
 Checkpoints are written under a temporary name and renamed when complete, so a crash mid-write never leaves
 a checkpoint that resume would read. On resume, lines of steps after the checkpoint are dropped, so every
-step ends up in the jsonl files exactly once.
+step ends up in the jsonl files exactly once. Each batch of jsonl lines is appended with one write call, so a
+crash can tear at most the file's last line; resume drops such an incomplete line (and says so).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -59,6 +62,8 @@ class RunDir:
         self.checkpoints = self.root / "checkpoints"
         self.plot_path = self.root / "rewards.png"
         self.final = self.root / "final"
+        self.wandb_id_path = self.root / "wandb_id.txt"
+        self.wandb_dir = self.root / "wandb"
 
     # ---- checks, before anything is written -----------------------------------------------------------------
 
@@ -91,10 +96,11 @@ class RunDir:
     def start(self, cfg: Config, resume_step: int) -> None:
         """Create (or, when overwriting a fresh run, clear) the directory and record the resolved config."""
         if resume_step == 0 and self.root.exists():
-            for path in (self.metrics_path, self.rollouts_path, self.plot_path, self.config_path):
+            # The wandb id goes too: a replaced run is a new wandb run; only a resumed one continues the old id.
+            for path in (self.metrics_path, self.rollouts_path, self.plot_path, self.config_path, self.wandb_id_path):
                 path.unlink(missing_ok=True)
-            shutil.rmtree(self.checkpoints, ignore_errors=True)
-            shutil.rmtree(self.final, ignore_errors=True)
+            for folder in (self.checkpoints, self.final, self.wandb_dir):
+                shutil.rmtree(folder, ignore_errors=True)
         self.root.mkdir(parents=True, exist_ok=True)
         self.checkpoints.mkdir(exist_ok=True)
         _atomic_write(self.config_path, config_to_yaml(cfg))
@@ -104,23 +110,27 @@ class RunDir:
 
     @staticmethod
     def _truncate_after(path: Path, step: int) -> None:
-        """Drop lines of steps after the checkpoint: they will be produced again."""
+        """Drop lines of steps after the checkpoint (they will be produced again) and a torn last line."""
         if not path.is_file():
             return
-        kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
-        _atomic_write(path, "".join(line + "\n" for line in kept))
+        kept = [record for record in read_jsonl(path) if record["step"] <= step]
+        _atomic_write(path, "".join(json.dumps(record) + "\n" for record in kept))
 
     def append(self, path: Path, records: Iterable[dict[str, Any]]) -> None:
-        with path.open("a") as handle:
-            for record in records:
-                handle.write(json.dumps(record) + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
+        """Append lines with one write call: a crash mid-append tears at most the last line, never an earlier one."""
+        # json.dumps escapes non-ASCII, so a cut can never split a character: the torn line is the only damage.
+        data = "".join(json.dumps(record) + "\n" for record in records).encode()
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            written = os.write(fd, data)
+            if written != len(data):  # only a full disk or a quota does this to a regular file
+                raise OSError(f"short write to {path}: {written} of {len(data)} bytes")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
     def read_metrics(self) -> list[dict[str, Any]]:
-        if not self.metrics_path.is_file():
-            return []
-        return [json.loads(line) for line in self.metrics_path.read_text().splitlines() if line.strip()]
+        return read_jsonl(self.metrics_path) if self.metrics_path.is_file() else []
 
     # ---- checkpoints ----------------------------------------------------------------------------------------
 
@@ -160,6 +170,23 @@ class RunDir:
 
     def trainer_state(self, step: int) -> dict[str, Any]:
         return json.loads((self.checkpoint_dir(step) / "trainer_state.json").read_text())
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """Every record of a jsonl file this module appended to; an incomplete last line is dropped with a warning.
+
+    Lines are written whole and newline-terminated, so text after the last newline can only be a write that a
+    crash cut short. A complete line that is not JSON is real damage: json.loads raises.
+    """
+    text = path.read_text()
+    complete, _, torn = text.rpartition("\n")
+    if torn:
+        print(
+            f"warning: {path}: dropping an incomplete last line ({len(torn)} characters), "
+            "left by a write the crash cut short",
+            file=sys.stderr,
+        )
+    return [json.loads(line) for line in complete.splitlines() if line.strip()]
 
 
 def _atomic_write(path: Path, text: str) -> None:

@@ -43,6 +43,7 @@ from cluster.data import (
 from cluster.model_source import resolve_model_path
 from cluster.run_dir import RunDir
 from cluster.step import build_step_records, eval_record, format_samples, train_batch
+from cluster.watchdog import start_watchdog
 from learner.grpo import group_advantages
 
 if TYPE_CHECKING:
@@ -93,6 +94,8 @@ def init_ray(cfg: Config) -> None:
     if os.environ.get("RAY_ADDRESS"):
         ray.init(runtime_env=runtime_env)
         return
+    # Before ray.init, so the watchdog sees every process of the local cluster from its first one on.
+    start_watchdog()
     requested = cfg.rollout.num_workers * engine_cpus(cfg.rollout) + cfg.reward.num_workers + cfg.learner.num_ranks
     # Phases alternate (rollout, then reward, then train), so logical CPUs may exceed the cores.
     ray.init(num_cpus=max(requested, os.cpu_count() or 1), include_dashboard=False, runtime_env=runtime_env)
@@ -244,11 +247,14 @@ class TrainingLoop:
     def checkpoint(self, step: int) -> None:
         tmp = self.run_dir.begin_checkpoint(step)
         self.workers.learner.save_checkpoint(str(tmp))
-        state = {"step": step, "policy_version": self.workers.policy_version}
+        # The fault counters count over the whole run, so a resumed run carries them on.
+        state = {"step": step, "policy_version": self.workers.policy_version, "faults": dict(self.workers.faults)}
         self.run_dir.commit_checkpoint(tmp, step, state, self.cfg.trainer.keep_checkpoints)
 
     def restore(self, step: int) -> None:
         """Learner state from the checkpoint, then its weights into every rollout worker."""
         state = self.run_dir.trainer_state(step)
+        # Checkpoints written before the counters were saved have none: those runs count from 0 again.
+        self.workers.faults.update(state.get("faults", {}))
         self.workers.learner.load_checkpoint(str(self.run_dir.checkpoint_dir(step)))
         self.workers.sync_weights(version=state["policy_version"])

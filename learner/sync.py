@@ -151,23 +151,6 @@ def fill_bucket(header: Header, index: int, tensors: dict[str, torch.Tensor]) ->
     return bucket
 
 
-def pack_buckets(
-    named_tensors: Iterable[tuple[str, torch.Tensor]],
-    dtype: torch.dtype | None,
-    bucket_bytes: int = DEFAULT_BUCKET_BYTES,
-) -> tuple[Header, list[torch.Tensor]]:
-    """The header and every flat uint8 bucket at once (the sender itself fills one bucket at a time)."""
-    items = list(named_tensors)
-    header = plan_buckets(items, dtype, bucket_bytes)
-    tensors = dict(items)
-    return header, [fill_bucket(header, i, tensors) for i in range(len(header["bucket_bytes"]))]
-
-
-def unpack_bucket(header: Header, index: int, bucket: torch.Tensor) -> list[tuple[str, torch.Tensor]]:
-    """The tensors of bucket `index` as views into `bucket` (they keep it alive; do not reuse the buffer)."""
-    return list(_bucket_views(header, index, bucket))
-
-
 def _broadcast(group: dist.ProcessGroup, tensor: torch.Tensor) -> None:
     options = dist.BroadcastOptions()
     options.rootRank = 0

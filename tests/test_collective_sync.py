@@ -1,4 +1,4 @@
-"""The `collective` weight sync: bucket packing, a real gloo side group, and real vLLM rollout actors under Ray.
+"""The `collective` weight sync: bucketing over a real gloo side group, and real vLLM rollout actors under Ray.
 
 The Ray tests play learner rank 0 with a test-only sender actor (tests/sync_sender.py) and check each engine by its
 checksum of what it loaded and by behaviour: greedy output changes after a perturbed sync and returns exactly after
@@ -22,10 +22,8 @@ from learner.sync import (
     broadcast_weights,
     create_sync_group,
     free_port,
-    pack_buckets,
     plan_buckets,
     receive_weights,
-    unpack_bucket,
 )
 from learner.weights import TIED_HEAD, synced_names, weight_checksum
 from tests.sync_sender import SyncSender, load_state, perturb
@@ -50,23 +48,32 @@ def _mixed_tensors() -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32, None])
-def test_pack_unpack_round_trip(dtype: torch.dtype | None) -> None:
+def test_buckets_round_trip_through_a_real_sync(dtype: torch.dtype | None) -> None:
+    """The sender's bucketing (`broadcast_weights`) and a receiver's (`receive_weights`), over a two-member group."""
     tensors = _mixed_tensors()
     bucket_bytes = 1024
-    header, buckets = pack_buckets(tensors.items(), dtype, bucket_bytes)
-
-    assert [b.dtype for b in buckets] == [torch.uint8] * len(buckets)
-    assert [b.numel() for b in buckets] == header["bucket_bytes"]
-    assert len(buckets) >= 3
+    header = plan_buckets(tensors.items(), dtype, bucket_bytes)  # the layout broadcast_weights sends
+    assert len(header["bucket_bytes"]) >= 3
     entries = {e["name"]: e for e in header["tensors"]}
     big = entries["e.big"]
     assert big["offset"] == 0 and [e["bucket"] for e in header["tensors"]].count(big["bucket"]) == 1
     for index, size in enumerate(header["bucket_bytes"]):
         assert size <= bucket_bytes or index == big["bucket"]
 
-    unpacked = [item for index, bucket in enumerate(buckets) for item in unpack_bucket(header, index, bucket)]
-    assert [name for name, _ in unpacked] == list(tensors)  # the given order
-    for name, tensor in unpacked:
+    port, groups = free_port(), {}
+
+    def join(rank: int):
+        return lambda: groups.update({rank: create_sync_group("127.0.0.1", port, rank, 2, timeout_s=60)})
+
+    _run_concurrently(join(0), join(1))
+    received: list[tuple[str, torch.Tensor]] = []
+
+    def send() -> None:
+        broadcast_weights(groups[0], tensors.items(), dtype, tie_word_embeddings=False, bucket_bytes=bucket_bytes)
+
+    _run_concurrently(lambda: received.extend(receive_weights(groups[1])), send)
+    assert [name for name, _ in received] == list(tensors)  # sorted names: the given order
+    for name, tensor in received:
         source = tensors[name]
         expected_dtype = dtype if dtype is not None and source.is_floating_point() else source.dtype
         assert tensor.dtype == expected_dtype and tensor.shape == source.shape, name

@@ -1,4 +1,4 @@
-"""Faults inside a real run (real Ray, vLLM, gloo learner, tiny model): dying actors, NaN updates, memory growth."""
+"""Faults inside a real run (real Ray, vLLM, gloo learner, tiny model): dying actors and drivers, NaN, memory."""
 
 from __future__ import annotations
 
@@ -82,6 +82,29 @@ def test_rollout_worker_killed_mid_generate_is_replaced(tiny_model_dir: Path, tm
     assert [r["step"] for r in records] == [1, 2, 3, 4, 5]
     assert records[-1]["faults/rollout_restarts"] >= 1
     assert [r["policy_version"] for r in records] == [0, 1, 2, 3, 4]  # the new engine got the current weights
+
+
+def test_sigkilled_driver_takes_its_local_cluster_down(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """Nothing of a local cluster outlives a `kill -9` of its driver: not the actors, not Ray's own agents."""
+    run_dir = tmp_path / "run"
+    overrides = tiny_run_overrides(
+        tiny_model_dir, run_dir, "trainer.total_steps=30", "trainer.checkpoint_every=0", "data.prompts_per_step=2"
+    )
+    driver = subprocess.Popen(
+        launch_command(overrides), cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.monotonic() + 300
+    while not _records(run_dir) and driver.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _records(run_dir) and driver.poll() is None, "the run never got going"
+    run_processes = psutil.Process(driver.pid).children(recursive=True)
+    titles = {p.name() for p in run_processes}
+    # The agents are the ones that used to survive: make sure they are among what this test watches.
+    assert {"ray::DashboardAgent", "ray::RuntimeEnvAgent", "raylet", "gcs_server"} <= titles, titles
+    driver.kill()
+    driver.wait(timeout=30)
+    _, alive = psutil.wait_procs(run_processes, timeout=30)
+    assert not alive, f"processes of the killed driver's cluster left behind: {alive}"
 
 
 def test_reward_worker_killed_is_replaced(tiny_model_dir: Path, tmp_path: Path) -> None:
