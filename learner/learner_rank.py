@@ -83,9 +83,12 @@ class LearnerRank:
         model = ScoredPolicy(lm, temperature, LOGPROB_CHUNK_TOKENS)
         mixed = cfg.param_dtype == "bfloat16"
         policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if mixed else None
+        # With one rank there is nothing to free between forward and backward: keeping the gathered (and, in bf16,
+        # cast) layer weights saves gathering and casting them again in backward.
+        shard = {"reshard_after_forward": world_size > 1, **({"mp_policy": policy} if policy else {})}
         for layer in lm.model.layers:
-            fully_shard(layer, mp_policy=policy) if policy else fully_shard(layer)
-        fully_shard(model, mp_policy=policy) if policy else fully_shard(model)
+            fully_shard(layer, **shard)
+        fully_shard(model, **shard)
         self.model = model
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.pad_token_id = self.hf_config.eos_token_id if isinstance(self.hf_config.eos_token_id, int) else 0

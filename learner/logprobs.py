@@ -43,10 +43,14 @@ class _LinearTokenLogprobs(torch.autograd.Function):
         for start in range(0, rows, chunk_tokens):
             end = min(start + chunk_tokens, rows)
             z = _scaled_logits(hidden[start:end], weight, temperature)  # (c, V)
-            lse[start:end] = torch.logsumexp(z, dim=-1)
+            # One exp pass serves the log-sum-exp and the entropy (the (c, V) passes dominate this function).
+            top = z.amax(dim=-1, keepdim=True)  # (c, 1)
+            e = (z - top).exp_()  # (c, V)
+            total = e.sum(dim=-1)  # (c,)
+            lse[start:end] = top[:, 0] + total.log()
             logprobs[start:end] = z.gather(1, targets[start:end, None])[:, 0] - lse[start:end]
-            p = torch.exp(z - lse[start:end, None])  # (c, V)
-            entropy[start:end] = lse[start:end] - (p * z).sum(dim=-1)  # H = lse - E_p[z]; head logits are finite
+            # H = lse - E_p[z] with p = e / total; head logits are finite, so no 0 * inf.
+            entropy[start:end] = lse[start:end] - (e * z).sum(dim=-1) / total
         ctx.save_for_backward(hidden, weight, targets, lse)
         ctx.temperature, ctx.chunk_tokens = temperature, chunk_tokens
         ctx.mark_non_differentiable(entropy)  # a metric, never a loss term here
@@ -65,11 +69,11 @@ class _LinearTokenLogprobs(torch.autograd.Function):
         for start in range(0, hidden.shape[0], chunk_tokens):
             end = min(start + chunk_tokens, hidden.shape[0])
             z = _scaled_logits(hidden[start:end], weight, temperature)  # (c, V)
-            g = grad_logprobs[start:end, None].to(lse.dtype)  # (c, 1)
-            # d logp(t) / d z_v = 1[v = t] - p_v, and z = logits / T.
-            grad_z = torch.exp(z - lse[start:end, None]).mul_(-g)  # (c, V)
+            g = grad_logprobs[start:end, None].to(lse.dtype) / temperature  # (c, 1), z = logits / T folded in
+            # d logp(t) / d z_v = 1[v = t] - p_v
+            grad_z = z.sub_(lse[start:end, None]).exp_().mul_(-g)  # (c, V), in place: z is not needed again
             grad_z.scatter_add_(1, targets[start:end, None], g)
-            grad_logits = (grad_z / temperature).to(hidden.dtype)  # (c, V)
+            grad_logits = grad_z.to(hidden.dtype)  # (c, V)
             if grad_hidden is not None:
                 grad_hidden[start:end] = grad_logits @ weight
             if grad_weight is not None:
