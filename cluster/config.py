@@ -158,8 +158,9 @@ class LearnerConfig:
     weight_decay: float = 0.0
     gpus_per_rank: float = 0.0
     """GPUs each learner rank asks Ray for (0 on CPU)."""
-    param_dtype: str = "float32"
-    """FSDP2 compute dtype (`bfloat16` turns on mixed precision with fp32 reductions)."""
+    param_dtype: str = "bfloat16"
+    """FSDP2 compute dtype: `bfloat16` is mixed precision (fp32 master weights, AdamW state and gradient
+    reductions; bf16 matmuls), `float32` computes in fp32."""
 
     def __post_init__(self) -> None:
         _require(self.num_ranks >= 1, "learner.num_ranks", self.num_ranks, "must be >= 1")

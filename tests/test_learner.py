@@ -62,7 +62,7 @@ def test_learner_logprobs_equal_unpadded_reference(
     ray_cluster: None, tiny_model_dir: Path, num_ranks: int, temperature: float
 ) -> None:
     batch = _batch(3)
-    cfg = LearnerConfig(num_ranks=num_ranks, max_tokens_per_micro_batch=40)
+    cfg = LearnerConfig(num_ranks=num_ranks, max_tokens_per_micro_batch=40, param_dtype="float32")
     group = LearnerGroup(cfg, str(tiny_model_dir), temperature, "bfloat16", 0)
     got = group.logprobs(batch)
     group.shutdown()
@@ -72,7 +72,7 @@ def test_learner_logprobs_equal_unpadded_reference(
 
 
 def _one_step(model_dir: Path, batch: TrainBatch, **cfg: object) -> tuple[dict, list, list]:
-    group = LearnerGroup(LearnerConfig(lr=1e-3, **cfg), str(model_dir), 0.7, "float32", 0)
+    group = LearnerGroup(LearnerConfig(lr=1e-3, param_dtype="float32", **cfg), str(model_dir), 0.7, "float32", 0)
     metrics, learner_logprobs = group.train_step(batch)
     after = group.logprobs(batch)
     group.shutdown()
@@ -111,7 +111,7 @@ def test_shared_prompt_skip_and_splits_give_the_same_update(ray_cluster: None, t
 
 def test_all_zero_advantage_step_takes_no_optimizer_step(ray_cluster: None, tiny_model_dir: Path) -> None:
     batch = _batch(2, rewards=[0.5] * N + [2.0] * N)
-    group = LearnerGroup(LearnerConfig(lr=1e-2), str(tiny_model_dir), 1.0, "float32", 0)
+    group = LearnerGroup(LearnerConfig(lr=1e-2, param_dtype="float32"), str(tiny_model_dir), 1.0, "float32", 0)
     before = group.logprobs(batch)
     metrics, learner_logprobs = group.train_step(batch)
     after = group.logprobs(batch)
@@ -123,7 +123,13 @@ def test_all_zero_advantage_step_takes_no_optimizer_step(ray_cluster: None, tiny
 
 def test_two_ppo_epochs_clip_and_both_updates_count(ray_cluster: None, tiny_model_dir: Path) -> None:
     batch = _batch(3, seed=4)
-    group = LearnerGroup(LearnerConfig(lr=5e-2, ppo_epochs=2, clip_eps=0.05), str(tiny_model_dir), 1.0, "float32", 0)
+    group = LearnerGroup(
+        LearnerConfig(lr=5e-2, ppo_epochs=2, clip_eps=0.05, param_dtype="float32"),
+        str(tiny_model_dir),
+        1.0,
+        "float32",
+        0,
+    )
     before = group.logprobs(batch)
     metrics, _ = group.train_step(batch)
     after = group.logprobs(batch)
