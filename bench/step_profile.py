@@ -4,10 +4,10 @@
 
 Configurations: R rollout workers in {1, 2} x L learner ranks in {1, 2} x `sync.transport` in {object_store,
 collective}. Each one is a fresh local Ray cluster running `--steps` steps of the real training loop
-(`configs/debug.yaml`: SmolLM2-135M, W = 1 reward worker, bf16 mixed-precision learner (the default), with the prompt count and max tokens
-given here) and prints one table: every step's `time/rollout|reward|train|sync|step` and rollout tokens/s, the
-median of steps 2..N (step 1 holds warm-up), and per actor kind the largest resident memory sampled at the end of
-each step (`memory/*`, MiB; a kind with several actors reports its largest).
+(`configs/debug.yaml`: SmolLM2-135M, W = 1 reward worker, the default bf16 mixed-precision learner, with the prompt
+count and max tokens given here) and prints one table: every step's `time/rollout|reward|train|sync|step` and
+rollout tokens/s, the median of steps 2..N (step 1 holds warm-up), and per actor kind the largest resident memory
+sampled at the end of each step (`memory/*`, MiB; a kind with several actors reports its largest).
 
 Two baselines, each with its goal:
 - weight sync: `time/sync` of R = 1, L = 1 (gather on the learner, push, reload in the engine, checksum checked)

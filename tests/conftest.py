@@ -11,6 +11,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -108,3 +109,18 @@ def run_launch(overrides: list[str], timeout_s: float = 600) -> subprocess.Compl
     proc = subprocess.run(launch_command(overrides), cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout_s)
     assert proc.returncode == 0, f"launch exited {proc.returncode}:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
     return proc
+
+
+def alone_logprobs(lm: Any, batch: Any, temperature: float) -> list[list[float]]:
+    """Reference for the learner's scores: each completion of a `TrainBatch` alone through the Hugging Face model
+    (no padding, no packing), float64 `log_softmax(logits / T)` at its tokens."""
+    import torch
+
+    rows = []
+    lm.eval()
+    with torch.no_grad():
+        for prompt, completion in zip(batch.prompt_token_ids, batch.completion_token_ids, strict=True):
+            logits = lm(torch.tensor([prompt + completion])).logits[0, len(prompt) - 1 : -1].double()  # (T, V)
+            logp = torch.log_softmax(logits / temperature, dim=-1)
+            rows.append(logp.gather(1, torch.tensor(completion)[:, None])[:, 0].tolist())
+    return rows

@@ -11,6 +11,7 @@ from cluster.config import LearnerConfig
 from learner.batch import TrainBatch
 from learner.group import LearnerGroup, split_by_group
 from learner.grpo import group_advantages
+from tests.conftest import alone_logprobs
 
 N = 4  # completions per group
 
@@ -30,20 +31,6 @@ def _batch(groups: int, seed: int = 0, rewards: list[float] | None = None) -> Tr
         rewards = torch.rand(groups * N, generator=gen).tolist()
     advantages = group_advantages(torch.tensor(rewards, dtype=torch.float64), N).tolist()
     return TrainBatch(prompts, completions, advantages, [[-1.0] * len(c) for c in completions], group_ids)
-
-
-def _unpadded_logprobs(model_dir: Path, batch: TrainBatch, temperature: float) -> list[list[float]]:
-    """Reference: each row alone through transformers, no padding at all, float64 log_softmax(logits / T)."""
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
-    rows = []
-    with torch.no_grad():
-        for prompt, completion in zip(batch.prompt_token_ids, batch.completion_token_ids, strict=True):
-            logits = model(torch.tensor([prompt + completion])).logits[0, len(prompt) - 1 : -1].double()  # (T, V)
-            logp = torch.log_softmax(logits / temperature, dim=-1)
-            rows.append(logp.gather(1, torch.tensor(completion)[:, None])[:, 0].tolist())
-    return rows
 
 
 def test_split_by_group_keeps_groups_whole_and_balances_tokens() -> None:
@@ -66,7 +53,9 @@ def test_learner_logprobs_equal_unpadded_reference(
     group = LearnerGroup(cfg, str(tiny_model_dir), temperature, "bfloat16", 0)
     got = group.logprobs(batch)
     group.shutdown()
-    want = _unpadded_logprobs(tiny_model_dir, batch, temperature)
+    from transformers import AutoModelForCausalLM
+
+    want = alone_logprobs(AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32), batch, temperature)
     for g, w in zip(got, want, strict=True):
         assert g == pytest.approx(w, abs=1e-4)
 

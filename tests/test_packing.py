@@ -13,6 +13,7 @@ import torch
 
 from learner.batch import TrainBatch, make_units, pack, plan_micro_batches
 from learner.policy import ScoredPolicy
+from tests.conftest import alone_logprobs
 
 
 def _batch() -> TrainBatch:
@@ -64,17 +65,6 @@ def test_empty_micro_batch_scores_nothing() -> None:
     assert packed.input_ids.tolist() == [[7]] and packed.num_tokens == 0 and packed.rows == []
 
 
-def _alone_logprobs(lm: torch.nn.Module, batch: TrainBatch, temperature: float) -> list[list[float]]:
-    """Reference: each completion alone, no padding, full float64 log-softmax of logits / T."""
-    rows = []
-    with torch.no_grad():
-        for prompt, completion in zip(batch.prompt_token_ids, batch.completion_token_ids, strict=True):
-            logits = lm(torch.tensor([prompt + completion])).logits[0, len(prompt) - 1 : -1].double()  # (T, V)
-            logp = torch.log_softmax(logits / temperature, dim=-1)
-            rows.append(logp.gather(1, torch.tensor(completion)[:, None])[:, 0].tolist())
-    return rows
-
-
 def _scores_and_grads(
     policy: ScoredPolicy, batch: TrainBatch, shared: bool, budget: int
 ) -> tuple[list[list[float]], dict[str, torch.Tensor]]:
@@ -108,7 +98,7 @@ def test_shared_prompt_equals_plain_batch_and_each_row_alone(tiny_model_dir: Pat
         engine_logprobs=base.engine_logprobs,
         group_ids=base.group_ids,
     )
-    want = _alone_logprobs(lm, batch, temperature)
+    want = alone_logprobs(lm, batch, temperature)
     shared, shared_grads = _scores_and_grads(policy, batch, shared=True, budget=64)
     plain, plain_grads = _scores_and_grads(policy, batch, shared=False, budget=20)
     for s, p, w in zip(shared, plain, want, strict=True):
