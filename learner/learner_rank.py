@@ -193,7 +193,7 @@ class LearnerRank:
             "train/tokens_trained": scored_tokens,
             "train/grad_norm": float(grad_norm),
             "train/updates": float(updates),
-            "train/skipped": round(float(sums[7])),
+            "train/skipped": float(round(float(sums[7]))),
             "train/skipped_steps": float(self.skipped_steps),
         }
         return metrics, row_logprobs.tolist()

@@ -120,7 +120,14 @@ def test_reward_worker_killed_is_replaced(tiny_model_dir: Path, tmp_path: Path) 
 
 def test_nan_update_is_skipped_and_not_pushed(tiny_model_dir: Path, tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
-    overrides = tiny_run_overrides(tiny_model_dir, run_dir, "trainer.total_steps=4", "trainer.checkpoint_every=0")
+    overrides = tiny_run_overrides(
+        tiny_model_dir,
+        run_dir,
+        "trainer.total_steps=4",
+        "trainer.checkpoint_every=0",
+        # A continuous reward: every group has spread, so every step runs the learner (and the hook can fire).
+        "reward.functions=tests.train_rewards:letter_a_share",
+    )
     # Test-only hook read by every learner rank: the loss of learner step 2 becomes NaN.
     env = {**os.environ, "GRPO_TEST_NAN_AT_STEP": "2"}
     proc = subprocess.run(
@@ -130,8 +137,9 @@ def test_nan_update_is_skipped_and_not_pushed(tiny_model_dir: Path, tmp_path: Pa
     records = {r["step"]: r for r in _records(run_dir)}
     assert [records[s]["train/skipped"] for s in (1, 2, 3, 4)] == [0.0, 1.0, 0.0, 0.0]
     assert records[4]["train/skipped_steps"] == 1.0
-    # Step 2's update was dropped and nothing was pushed: step 3 still samples with version 1.
-    assert [records[s]["policy_version"] for s in (1, 2, 3, 4)] == [0, 1, 1, 3]
+    # Step 2's update was dropped and nothing was pushed: version 2 is version 1's weights, and step 3 samples it.
+    assert [records[s]["sync/pushed"] for s in (1, 2, 3, 4)] == [1.0, 0.0, 1.0, 1.0]
+    assert [records[s]["policy_version"] for s in (1, 2, 3, 4)] == [0, 1, 2, 3]
 
 
 def test_memory_stays_flat_over_50_steps(tiny_model_dir: Path, tmp_path: Path) -> None:
