@@ -70,7 +70,8 @@ def _one_step(model_dir: Path, batch: TrainBatch, **cfg: object) -> tuple[dict, 
 
 def test_shared_prompt_skip_and_splits_give_the_same_update(ray_cluster: None, tiny_model_dir: Path) -> None:
     """The same fp32 update whether prompts are shared or not, zero-advantage rows skipped or not, on 1 or 2 ranks
-    with one or several micro-batches. Group 1 has zero spread and group 2 two rows exactly at its mean."""
+    with one or several micro-batches, with or without activation checkpointing. Group 1 has zero spread and group 2
+    two rows exactly at its mean."""
     rewards = [0.1, 0.9, 0.5, 0.3] + [1.0] * N + [0.0, 1.0, 0.5, 0.5] + [0.2, 0.7, 0.7, 0.4]
     batch = _batch(4, seed=1, rewards=rewards)
     assert sum(a == 0.0 for a in batch.advantages) == N + 2
@@ -81,6 +82,7 @@ def test_shared_prompt_skip_and_splits_give_the_same_update(ray_cluster: None, t
         ),
         "L2 shared skip small": _one_step(tiny_model_dir, batch, num_ranks=2, max_tokens_per_micro_batch=20),
         "L2 plain skip": _one_step(tiny_model_dir, batch, num_ranks=2, shared_prompt=False),
+        "L1 shared skip checkpointed": _one_step(tiny_model_dir, batch, activation_checkpointing=True),
     }
     base_metrics, base_logprobs, base_after = runs["L1 shared skip"]
     assert base_metrics["train/rows_trained"] == len(batch) - N - 2
