@@ -58,6 +58,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add_workload_args(parser, prompts=8, max_tokens=200)
     parser.add_argument("--lr", type=float, default=1e-6)
     parser.add_argument("--micro-batches", type=int, default=4, help="TRL's gradient-accumulation micro-batches")
+    parser.add_argument(
+        "--max-tokens-per-micro-batch",
+        type=int,
+        default=2048,
+        help="this project's learner.max_tokens_per_micro_batch (both trainers' models share the machine's RAM)",
+    )
     parser.add_argument("--precisions", default="fp32,bf16", help="pairs to run, in this order")
     parser.add_argument("--out", type=Path, help="also write the per-step rows and medians here as JSON")
     args = parser.parse_args(argv)
@@ -143,6 +149,7 @@ def run_pair(args: argparse.Namespace, precision: str) -> list[dict[str, Any]]:
         "rollout.top_p=1.0",
         f"learner.lr={args.lr}",
         f"learner.param_dtype={param_dtype}",
+        f"learner.max_tokens_per_micro_batch={args.max_tokens_per_micro_batch}",
         "learner.max_grad_norm=1.0",
         f"trainer.total_steps={args.steps}",
         f"trainer.run_dir={scratch / 'project_run'}",
