@@ -45,6 +45,8 @@ bench-profile: $(STAMP)
 
 bench-trl: $(STAMP)
 	$(PIP) install -q -e '.[cpu,bench]'
+	# The same CUDA-only packages as in the install step come back with this resolve: remove them again.
+	$(PIP) uninstall -q -y torchvision torchaudio torchcodec
 	$(PY) bench/vs_trl.py --out docs/results/vs_trl.json $(ARGS)
 
 lint: $(STAMP)
