@@ -35,8 +35,8 @@ class EngineMismatchError(WeightSyncError):
 # The sync probe: every engine samples PROBE_TOKENS tokens after this question (chat-templated as in training) with
 # PROBE_SEED at rollout.temperature, and the learner scores the same tokens.
 PROBE_QUESTION = "A baker makes 24 rolls and sells 3 bags of 5 rolls. How many rolls are left?"
-# 32 tokens, not 8: SmolLM2's bf16 gap is heavy-tailed (one token can be 0.3 off), and over 8 tokens a clean
-# engine's mean reached 0.06 on some seeds, over 32 at most 0.046.
+# 32 tokens, not 8: SmolLM2's bf16 engine/learner gap varies from token to token, and over 8 tokens a clean
+# engine's mean reached 0.062 on one of 12 seeds, over 32 at most 0.046 (sync.verify_tolerance is 0.1).
 PROBE_TOKENS = 32
 PROBE_SEED = 12345
 
