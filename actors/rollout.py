@@ -41,6 +41,12 @@ if TYPE_CHECKING:
 
 STOP_STRING = "</answer>"
 
+# Test-only fault injection, "<worker index>:<version>": after loading that version, that engine's LM head computes
+# with weights other than the ones it was sent (its checksum still matches), as the stale tied head once did.
+CORRUPT_ENGINE_ENV = "GRPO_TEST_CORRUPT_ENGINE"
+# The corrupted head is the loaded one times this: logits x4, i.e. sampling at a quarter of the temperature.
+CORRUPT_HEAD_SCALE = 4.0
+
 
 @dataclass(frozen=True)
 class Completion:
@@ -93,7 +99,7 @@ def engine_env(cfg: RolloutConfig) -> dict[str, str]:
 class RolloutEngine:
     """Owns one in-process vLLM engine; generates groups, greedy answers, and reloads weights in place."""
 
-    def __init__(self, model_dir: str, cfg: RolloutConfig, seed: int) -> None:
+    def __init__(self, model_dir: str, cfg: RolloutConfig, seed: int, worker_index: int = 0) -> None:
         os.environ.update(engine_env(cfg))
         from vllm import LLM
 
@@ -115,6 +121,7 @@ class RolloutEngine:
         self.tied = bool(json.loads((Path(model_dir) / "config.json").read_text()).get("tie_word_embeddings"))
         self.policy_version = 0
         self._checksum = self._checksum_from_disk(model_dir)
+        self._corrupt_at_version = _corrupt_version(os.environ.get(CORRUPT_ENGINE_ENV, ""), worker_index)
 
     def _checksum_from_disk(self, model_dir: str) -> str:
         """Checksum of the initial weights (version 0), read from the folder the engine loaded."""
@@ -199,6 +206,8 @@ class RolloutEngine:
         self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": recording(named_tensors)})
         if self.tied:
             self.llm.collective_rpc(_retie_lm_head)
+        if version == self._corrupt_at_version:  # test-only fault injection
+            self.llm.collective_rpc(_scale_lm_head, args=(CORRUPT_HEAD_SCALE,))
         self.llm.reset_prefix_cache()
         # vLLM-CPU repacks linear layers into kernel objects, so the engine's own parameters cannot be read back;
         # the checksum is of exactly what this engine received and loaded.
@@ -209,6 +218,26 @@ class RolloutEngine:
     def load_from_wire(self, named_bits: list[tuple[str, np.ndarray]], version: int) -> str:
         """`load_weights` for the object-store transport: arrays from `to_wire`, read in place from shared memory."""
         return self.load_weights(((name, from_wire(bits, self.dtype)) for name, bits in named_bits), version)
+
+    def probe(self, prompt_token_ids: list[int], num_tokens: int, seed: int) -> tuple[list[int], list[float]]:
+        """Sample exactly `num_tokens` tokens after a fixed prompt with a fixed seed, at the training temperature;
+        returns them and the engine's (processed) logprob of each, for the driver to compare with the learner's.
+
+        EOS is sampled through (`ignore_eos`), never masked (`min_tokens` would change the processed logprobs).
+        """
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        params = SamplingParams(
+            n=1, temperature=self.cfg.temperature, max_tokens=num_tokens, ignore_eos=True, logprobs=0, seed=seed
+        )
+        [output] = self.llm.generate([TokensPrompt(prompt_token_ids=prompt_token_ids)], params, use_tqdm=False)
+        # Training prompts share the probe's chat-template prefix: KV cached from a batch of a different shape could
+        # round differently and change what the next step samples, so the probe leaves nothing in the cache.
+        self.llm.reset_prefix_cache()
+        sample = output.outputs[0]
+        tokens = list(sample.token_ids)
+        return tokens, [step[token].logprob for step, token in zip(sample.logprobs, tokens, strict=True)]
 
     def join_sync_group(self, host: str, port: int, rank: int, world_size: int) -> None:
         """Join the learner's side gloo group for the `collective` weight sync (rank 0 is the learner).
@@ -251,8 +280,29 @@ def _retie_lm_head(worker: Any) -> None:
     model.lm_head.quant_method.process_weights_after_loading(model.lm_head)
 
 
-def create_rollout_workers(cfg: RolloutConfig, model_dir: str, seed: int, count: int, num_gpus: float = 0) -> list:
-    """Start `count` rollout actors, each with its own engine, and wait until every engine is up."""
+def _scale_lm_head(worker: Any, factor: float) -> None:
+    """Test-only: repack the LM head from its weight times `factor`, leaving the embedding as loaded (runs inside the
+    engine). The head is then computed with weights the engine was never sent, like the stale tied head."""
+    head = worker.get_model().lm_head
+    head.weight = torch.nn.Parameter(head.weight.detach() * factor, requires_grad=False)
+    head.quant_method.process_weights_after_loading(head)
+
+
+def _corrupt_version(hook: str, worker_index: int) -> int | None:
+    """The version after whose load this engine corrupts itself, from `GRPO_TEST_CORRUPT_ENGINE`; None: never."""
+    if not hook:
+        return None
+    index, _, version = hook.partition(":")
+    return int(version) if int(index) == worker_index else None
+
+
+def create_rollout_workers(
+    cfg: RolloutConfig, model_dir: str, seed: int, count: int, num_gpus: float = 0, first_index: int = 0
+) -> list:
+    """Start `count` rollout actors, each with its own engine, and wait until every engine is up.
+
+    The engines are rollout workers `first_index`, `first_index + 1`, ... of the run.
+    """
     import ray
 
     actor_cls = ray.remote(RolloutEngine)
@@ -261,8 +311,8 @@ def create_rollout_workers(cfg: RolloutConfig, model_dir: str, seed: int, count:
             num_cpus=engine_cpus(cfg),
             num_gpus=num_gpus,
             runtime_env={"env_vars": engine_env(cfg)},
-        ).remote(model_dir, cfg, seed)
-        for _ in range(count)
+        ).remote(model_dir, cfg, seed, first_index + offset)
+        for offset in range(count)
     ]
     ray.get([worker.health.remote() for worker in workers])
     return workers

@@ -188,6 +188,13 @@ class LearnerConfig:
 class SyncConfig:
     transport: str = "object_store"
     """`object_store` (one ray.put of the full state dict) or `collective` (bucketed broadcasts)."""
+    verify_every: int = 10
+    """Every this many weight syncs, each engine samples a fixed probe and its logprobs are compared with the
+    learner's (the checksum covers what an engine was sent, not what it computes with); 0: never."""
+    verify_tolerance: float = 0.1
+    """Largest mean |engine - learner| logprob over the probe's tokens before the run stops. Measured at version 0
+    over 12 probe seeds (bf16 engine): SmolLM2-135M 0.017-0.046 (fp32 or bf16 learner, T = 1 or 0.7), the tiny test
+    model 0.001; an engine whose LM head computes with 4x its weights (the test hook) 0.18-0.31 and 0.45-0.89."""
 
     def __post_init__(self) -> None:
         _require(
@@ -196,6 +203,8 @@ class SyncConfig:
             self.transport,
             "must be object_store or collective",
         )
+        _require(self.verify_every >= 0, "sync.verify_every", self.verify_every, "must be >= 0")
+        _require(self.verify_tolerance > 0, "sync.verify_tolerance", self.verify_tolerance, "must be > 0")
 
 
 @dataclass(frozen=True)

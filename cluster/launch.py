@@ -20,6 +20,7 @@ from cluster.config import ConfigError, load_config  # noqa: E402
 
 EXIT_BAD_INPUT = 2
 EXIT_LEARNER_DIED = 3
+EXIT_WEIGHT_SYNC = 4
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -43,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DataError, ModelSourceError, RunDirError) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    from cluster.placement import WeightSyncError
     from cluster.trainer import train
     from learner.group import LearnerRankDiedError
 
@@ -53,6 +55,9 @@ def main(argv: list[str] | None = None) -> int:
         where = f"checkpoint step_{latest} is intact" if latest else "no checkpoint was written yet"
         print(f"error: {err}; {where}; continue with trainer.resume=true", file=sys.stderr)
         return EXIT_LEARNER_DIED
+    except WeightSyncError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_WEIGHT_SYNC
 
 
 if __name__ == "__main__":

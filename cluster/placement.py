@@ -6,6 +6,7 @@ handle on all of them: generate, score, greedy-evaluate, and push the learner's 
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -16,6 +17,8 @@ from actors.reward import ScoredBatch, create_reward_workers, score_with_workers
 from actors.rollout import Completion, create_rollout_workers, generate_with_workers, request_seed
 from actors.split import split_evenly
 from cluster.config import Config
+from cluster.data import build_prompt
+from learner.batch import TrainBatch
 from learner.group import LearnerGroup
 
 T = TypeVar("T")
@@ -25,14 +28,31 @@ class WeightSyncError(RuntimeError):
     """A rollout engine reports weights that differ from the learner's after a sync."""
 
 
+class EngineMismatchError(WeightSyncError):
+    """A rollout engine's logprobs on the probe differ from the learner's: it computes with other weights."""
+
+
+# The sync probe: every engine samples PROBE_TOKENS tokens after this question (chat-templated as in training) with
+# PROBE_SEED at rollout.temperature, and the learner scores the same tokens.
+PROBE_QUESTION = "A baker makes 24 rolls and sells 3 bags of 5 rolls. How many rolls are left?"
+# 32 tokens, not 8: SmolLM2's bf16 engine/learner gap varies from token to token, and over 8 tokens a clean
+# engine's mean reached 0.062 on one of 12 seeds, over 32 at most 0.046 (sync.verify_tolerance is 0.1).
+PROBE_TOKENS = 32
+PROBE_SEED = 12345
+
+
 # A step's generate or score call is retried at most this often after replacing dead actors.
 MAX_ATTEMPTS = 3
 
 
 class Workers:
-    def __init__(self, cfg: Config, model_dir: Path, rollout: list, reward: list, learner: LearnerGroup) -> None:
+    def __init__(
+        self, cfg: Config, model_dir: Path, rollout: list, reward: list, learner: LearnerGroup, probe_prompt: list[int]
+    ) -> None:
         self.cfg, self.model_dir, self.rollout, self.reward, self.learner = cfg, model_dir, rollout, reward, learner
+        self.probe_prompt = probe_prompt
         self.policy_version = 0
+        self._syncs = 0
         self._sync_group_open = False
         self.faults = {"faults/rollout_restarts": 0, "faults/reward_restarts": 0}
 
@@ -50,7 +70,7 @@ class Workers:
             cfg.rollout, str(model_dir), cfg.trainer.seed, cfg.rollout.num_workers, num_gpus=cfg.rollout.gpus_per_worker
         )
         reward = create_reward_workers(reward_specs(cfg), cfg.reward.timeout_s, cfg.reward.num_workers)
-        return cls(cfg, model_dir, rollout, reward, learner)
+        return cls(cfg, model_dir, rollout, reward, learner, probe_prompt_ids(model_dir, cfg.data.response_prefix))
 
     def generate(self, prompts: list[str], seed: int, step: int) -> list[Completion]:
         seeds = [request_seed(seed, step, i) for i in range(len(prompts))]
@@ -104,6 +124,7 @@ class Workers:
                 self.cfg.trainer.seed,
                 1,
                 num_gpus=self.cfg.rollout.gpus_per_worker,
+                first_index=index,
             )
             self.faults["faults/rollout_restarts"] += 1
         if dead and self.policy_version > 0:  # a new engine starts from the initial weights: bring it up to date
@@ -121,11 +142,13 @@ class Workers:
             "memory/learner_rss_mb": max(self.learner.rss_mb()),
         }
 
-    def sync_weights(self, version: int) -> None:
-        """Push the learner's weights into every engine, tagged with `version`; verify every engine's checksum.
+    def sync_weights(self, version: int) -> float:
+        """Push the learner's weights into every engine, tagged with `version`; verify every engine's checksum, and
+        every `sync.verify_every` syncs what the engines compute (`verify_engines`).
 
         object_store: rank 0 gathers and `ray.put`s the weights once; every engine loads that one copy.
         collective: rank 0 broadcasts buckets over a side gloo group (NCCL-ready layout) that engines stream in.
+        Returns the probe's largest mean |engine - learner| logprob, NaN when the probe did not run.
         """
         if self.cfg.sync.transport == "object_store":
             ref, expected = self.learner.publish_weights()
@@ -138,6 +161,38 @@ class Workers:
         if any(c != expected for c in checksums):
             raise WeightSyncError(f"after sync v{version} engines report {checksums}, learner sent {expected}")
         self.policy_version = version
+        self._syncs += 1
+        every = self.cfg.sync.verify_every
+        return self.verify_engines(version) if every and self._syncs % every == 0 else float("nan")
+
+    def verify_engines(self, version: int) -> float:
+        """Each engine samples the fixed probe; the learner scores the same tokens at the same temperature.
+
+        Raises `EngineMismatchError` naming the first engine whose mean |engine - learner| logprob exceeds
+        `sync.verify_tolerance`; returns the largest mean over the engines.
+        """
+        probes = ray.get([w.probe.remote(self.probe_prompt, PROBE_TOKENS, PROBE_SEED) for w in self.rollout])
+        batch = TrainBatch(
+            prompt_token_ids=[self.probe_prompt] * len(probes),
+            completion_token_ids=[tokens for tokens, _ in probes],
+            advantages=[0.0] * len(probes),
+            engine_logprobs=[logprobs for _, logprobs in probes],
+            group_ids=list(range(len(probes))),
+        )
+        learner = self.learner.logprobs(batch)
+        mismatches = [
+            statistics.fmean(abs(e - lp) for e, lp in zip(engine, ours, strict=True))
+            for engine, ours in zip(batch.engine_logprobs, learner, strict=True)
+        ]
+        tolerance = self.cfg.sync.verify_tolerance
+        for index, mismatch in enumerate(mismatches):
+            if not mismatch <= tolerance:  # NaN fails too
+                raise EngineMismatchError(
+                    f"rollout worker {index} after weight sync v{version}: mean |engine - learner| logprob on the "
+                    f"sync probe is {mismatch:.4f} > sync.verify_tolerance={tolerance} (its weight checksum matched, "
+                    "so the engine computes with weights other than the ones it was sent)"
+                )
+        return max(mismatches)
 
     def advance_version(self, version: int) -> None:
         """A step that changed no weight: every engine is already current, only the version number moves on."""
@@ -169,6 +224,14 @@ def _dead(actors: list) -> list[int]:
         except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
             dead.append(index)
     return dead
+
+
+def probe_prompt_ids(model_dir: Path, response_prefix: str) -> list[int]:
+    """The sync probe's prompt, as a training prompt is written (chat template, then `data.response_prefix`)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    return tokenizer(build_prompt(tokenizer, PROBE_QUESTION, response_prefix), add_special_tokens=False).input_ids
 
 
 def reward_specs(cfg: Config) -> list[str]:

@@ -206,8 +206,10 @@ class TrainingLoop:
             with timed(timings, "sync"):
                 # Every applied optimizer step changed the weights: push them. With none applied (no row had
                 # signal, or the update was not finite) version `step` equals version `step - 1`: no transfer.
+                # The probe runs on some syncs only (sync.verify_every): NaN on the other steps.
+                probe_mismatch = float("nan")
                 if train_metrics["train/updates"]:
-                    self.workers.sync_weights(version=step)
+                    probe_mismatch = self.workers.sync_weights(version=step)
                 else:
                     self.workers.advance_version(step)
         # The driver alone: its children are the local Ray cluster's own processes.
@@ -223,6 +225,7 @@ class TrainingLoop:
             {
                 **train_metrics,
                 "sync/pushed": float(train_metrics["train/updates"] > 0),
+                "sync/probe_mismatch": probe_mismatch,
                 **self.workers.faults,
                 **memory,
             },

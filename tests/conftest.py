@@ -90,6 +90,7 @@ def tiny_run_overrides(model_dir: Path, run_dir: Path, *extra: str) -> list[str]
         "rollout.max_model_len=512",
         "trainer.eval_size=0",
         "wandb.mode=disabled",
+        "sync.verify_every=1",  # every sync's engines are checked against the learner (the sync probe)
         *extra,
     ]
 

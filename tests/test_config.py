@@ -171,6 +171,8 @@ OVERRIDE_ERRORS = [
     pytest.param(["learner.lr=-1e-5"], "learner.lr", "-1e-05", id="negative-lr"),
     pytest.param(["learner.lr=0"], "learner.lr", "0.0", id="zero-lr"),
     pytest.param(["sync.transport=nccl"], "sync.transport", "'nccl'", id="bad-transport"),
+    pytest.param(["sync.verify_every=-1"], "sync.verify_every", "-1", id="negative-verify-every"),
+    pytest.param(["sync.verify_tolerance=0"], "sync.verify_tolerance", "0.0", id="zero-verify-tolerance"),
     pytest.param(["wandb.mode=on"], "wandb.mode", "'on'", id="bad-wandb-mode"),
     pytest.param(
         ["data.prompts_per_step=4", "rollout.num_workers=5"], "rollout.num_workers", "5", id="workers-gt-prompts"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import threading
@@ -207,3 +208,30 @@ def test_misbehaving_reward_functions_inside_a_run(tiny_model_dir: Path, tmp_pat
         assert record["rewards/errors"] == 3 * completions  # raise, NaN, string
         for name in ("hang_forever", "raise_error", "return_nan", "return_string"):
             assert record[f"rewards/{name}/mean"] == 0.0
+
+
+def test_engine_computing_with_other_weights_stops_the_run(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """Rollout worker 1's LM head is left 4x off after it loads version 2 (test-only hook): its weight checksum
+    still matches, the sync probe does not, and the run stops with exit 4 and one error line naming the engine."""
+    run_dir = tmp_path / "run"
+    overrides = tiny_run_overrides(
+        tiny_model_dir,
+        run_dir,
+        "trainer.total_steps=4",
+        "trainer.checkpoint_every=0",
+        "rollout.num_workers=2",
+        "data.prompts_per_step=2",
+        "reward.functions=tests.train_rewards:letter_a_share",  # every step has signal, so every step syncs
+    )
+    env = {**os.environ, "GRPO_TEST_CORRUPT_ENGINE": "1:2"}
+    proc = subprocess.run(
+        launch_command(overrides), cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 4, proc.stderr[-4000:]
+    [message] = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    print(message)
+    assert "rollout worker 1 after weight sync v2" in message and "sync.verify_tolerance=0.1" in message
+    assert float(re.search(r"probe is ([0-9.]+)", message).group(1)) > 0.1
+    # Step 1's sync passed the probe; step 2 stopped at its sync, before its metrics line.
+    [record] = _records(run_dir)
+    assert record["step"] == 1 and record["sync/pushed"] == 1.0 and record["sync/probe_mismatch"] < 0.1

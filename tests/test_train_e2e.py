@@ -7,6 +7,7 @@ the resume test replays it with a SIGKILL in the middle and compares step by ste
 from __future__ import annotations
 
 import json
+import math
 import signal
 import statistics
 import subprocess
@@ -100,6 +101,11 @@ def test_rollouts_agree_with_rewards_advantages_and_versions(e2e_run: Path) -> N
     # The learner recomputes step 1's logprobs from the same weights the engine sampled with (bf16 engine vs fp32
     # learner): the rollout issue measured 0.035 mean |diff| on SmolLM2; the tiny model is far below that.
     assert metrics[1]["train/logprob_mismatch"] < 0.05
+    # Every sync's probe (sync.verify_every=1) found the engines computing with the learner's weights.
+    assert any(metrics[step]["sync/pushed"] for step in metrics)
+    for step, record in metrics.items():
+        probe = record["sync/probe_mismatch"]
+        assert probe < 0.1 if record["sync/pushed"] else math.isnan(probe), (step, probe)
 
 
 def test_steps_without_signal_train_and_push_nothing(tiny_model_dir: Path, tmp_path: Path) -> None:
@@ -148,6 +154,7 @@ def test_metrics_have_every_documented_name(e2e_run: Path) -> None:
         "train/rows_trained",
         "train/updates",
         "sync/pushed",
+        "sync/probe_mismatch",
         "time/rollout",
         "time/reward",
         "time/train",
