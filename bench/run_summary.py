@@ -26,12 +26,12 @@ WINDOW = 5
 PHASES = ("time/step", "time/rollout", "time/reward", "time/train", "time/sync")
 
 
-def read_metrics(path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """(training-step records in step order, eval records in step order)."""
+def read_metrics(path: Path, window: int = WINDOW) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(training-step records in step order, eval records in step order); at least 2 x `window` steps."""
     records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     steps = sorted((r for r in records if "rewards/mean" in r), key=lambda r: r["step"])
     evals = sorted((r for r in records if "eval/accuracy_strict" in r), key=lambda r: r["step"])
-    if len(steps) < 2 * WINDOW:
+    if len(steps) < 2 * window:
         raise SystemExit(f"{path}: {len(steps)} training steps; the summary compares the first and last {WINDOW}")
     return steps, evals
 
@@ -74,11 +74,24 @@ def markdown(path: Path) -> str:
     return "\n".join(out)
 
 
+def step_times(path: Path) -> str:
+    """Every training step's phase times and their median, for a run of any length (e.g. `make demo`'s)."""
+    steps, _ = read_metrics(path, window=0)
+    out = ["| step | " + " | ".join(f"`{name}`" for name in PHASES) + " |", "|---" * (len(PHASES) + 1) + "|"]
+    out += [f"| {r['step']} | " + " | ".join(f"{r[name]:.2f}" for name in PHASES) + " |" for r in steps]
+    out.append("| median | " + " | ".join(f"{statistics.median(r[name] for r in steps):.2f}" for name in PHASES) + " |")
+    return "\n".join(out)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("metrics", type=Path, help="a run's metrics.jsonl")
     parser.add_argument("--plot", type=Path, help="also redraw the run's reward curves (rewards.png) here")
+    parser.add_argument("--times", action="store_true", help="only each step's phase times and their median")
     args = parser.parse_args(argv)
+    if args.times:
+        print(step_times(args.metrics))
+        return 0
     print(markdown(args.metrics))
     if args.plot:
         plot_rewards(read_metrics(args.metrics)[0], args.plot)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from bench.run_summary import markdown, read_metrics, reward_rows
+from bench.run_summary import markdown, read_metrics, reward_rows, step_times
 
 
 def _write_run(path: Path, steps: int) -> None:
@@ -61,3 +61,11 @@ def test_first_and_last_five_steps_and_evals(tmp_path: Path) -> None:
     assert "| `eval/accuracy_strict` | 0.000 | 0.050 |" in text
     assert "| `time/step` | 66.5 |" in text  # median of 61..72
     assert "Faults during the run: none" in text
+
+
+def test_step_times_of_a_short_run(tmp_path: Path) -> None:
+    metrics = tmp_path / "metrics.jsonl"
+    _write_run(metrics, steps=3)
+    lines = step_times(metrics).splitlines()
+    assert lines[2] == "| 1 | 61.00 | 10.00 | 0.01 | 45.00 | 1.00 |"
+    assert lines[-1] == "| median | 62.00 | 10.00 | 0.01 | 45.00 | 1.00 |"
