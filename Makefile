@@ -5,7 +5,9 @@
 #   make learn          33 min: the 60-step SmolLM2 learning run (configs/gsm8k_smollm2_cpu.yaml); refuses an existing
 #                       run: ARGS="trainer.resume=true" continues it, ARGS="trainer.overwrite=true" replaces it
 #   make bench-profile  20 min: bench/step_profile.py, phase times and memory per configuration, sync/reward baselines
-#   make bench-trl      32 min: bench/vs_trl.py, this project's step against TRL's GRPOTrainer (installs `bench` extra)
+#   make bench-trl      bench/vs_trl.py, this project's step against TRL's GRPOTrainer in fp32 and bf16 (installs
+#                       the `bench` extra)
+#   make bench-learner  11 min: bench/learner.py, the learner step with each saving in turn, vs the cores' matmul rate
 # Both are idempotent: the install is skipped while .venv/.installed is newer than pyproject.toml.
 
 PYTHON ?= python3
@@ -15,7 +17,7 @@ PIP := $(PY) -m pip --disable-pip-version-check
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: demo test lint install learn bench-profile bench-trl
+.PHONY: demo test lint install learn bench-profile bench-trl bench-learner
 
 install: $(STAMP)
 
@@ -42,6 +44,9 @@ learn: $(STAMP)
 
 bench-profile: $(STAMP)
 	$(PY) bench/step_profile.py --out docs/results/step_profile.json $(ARGS)
+
+bench-learner: $(STAMP)
+	$(PY) bench/learner.py --out docs/results/learner.json $(ARGS)
 
 bench-trl: $(STAMP)
 	$(PIP) install -q -e '.[cpu,bench]'
