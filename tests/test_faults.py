@@ -119,16 +119,21 @@ def test_reward_worker_killed_is_replaced(tiny_model_dir: Path, tmp_path: Path) 
     assert records[-1]["faults/reward_restarts"] == 1
 
 
-def test_nan_update_is_skipped_and_not_pushed(tiny_model_dir: Path, tmp_path: Path) -> None:
-    run_dir = tmp_path / "run"
-    overrides = tiny_run_overrides(
-        tiny_model_dir,
+def _four_steps_with_signal(model_dir: Path, run_dir: Path, *extra: str) -> list[str]:
+    """A continuous reward: every group has spread, so every step runs the learner and pushes (hooks can fire)."""
+    return tiny_run_overrides(
+        model_dir,
         run_dir,
         "trainer.total_steps=4",
         "trainer.checkpoint_every=0",
-        # A continuous reward: every group has spread, so every step runs the learner (and the hook can fire).
         "reward.functions=tests.train_rewards:letter_a_share",
+        *extra,
     )
+
+
+def test_nan_update_is_skipped_and_not_pushed(tiny_model_dir: Path, tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    overrides = _four_steps_with_signal(tiny_model_dir, run_dir)
     # Test-only hook read by every learner rank: the loss of learner step 2 becomes NaN.
     env = {**os.environ, "GRPO_TEST_NAN_AT_STEP": "2"}
     proc = subprocess.run(
@@ -214,15 +219,7 @@ def test_engine_computing_with_other_weights_stops_the_run(tiny_model_dir: Path,
     """Rollout worker 1's LM head is left 4x off after it loads version 2 (test-only hook): its weight checksum
     still matches, the sync probe does not, and the run stops with exit 4 and one error line naming the engine."""
     run_dir = tmp_path / "run"
-    overrides = tiny_run_overrides(
-        tiny_model_dir,
-        run_dir,
-        "trainer.total_steps=4",
-        "trainer.checkpoint_every=0",
-        "rollout.num_workers=2",
-        "data.prompts_per_step=2",
-        "reward.functions=tests.train_rewards:letter_a_share",  # every step has signal, so every step syncs
-    )
+    overrides = _four_steps_with_signal(tiny_model_dir, run_dir, "rollout.num_workers=2", "data.prompts_per_step=2")
     env = {**os.environ, "GRPO_TEST_CORRUPT_ENGINE": "1:2"}
     proc = subprocess.run(
         launch_command(overrides), cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600
