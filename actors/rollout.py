@@ -161,7 +161,7 @@ class RolloutEngine:
         for prompt_index, output in zip(prompt_indices, outputs, strict=True):
             for sample in sorted(output.outputs, key=lambda s: s.index):
                 token_ids = list(sample.token_ids)
-                logprobs = [step[tok].logprob for step, tok in zip(sample.logprobs, token_ids, strict=True)]
+                logprobs = _sampled_logprobs(sample)
                 completions.append(
                     Completion(
                         prompt_index=prompt_index,
@@ -237,7 +237,7 @@ class RolloutEngine:
         self.llm.reset_prefix_cache()
         sample = output.outputs[0]
         tokens = list(sample.token_ids)
-        return tokens, [step[token].logprob for step, token in zip(sample.logprobs, tokens, strict=True)]
+        return tokens, _sampled_logprobs(sample)
 
     def join_sync_group(self, host: str, port: int, rank: int, world_size: int) -> None:
         """Join the learner's side gloo group for the `collective` weight sync (rank 0 is the learner).
@@ -278,6 +278,11 @@ def _retie_lm_head(worker: Any) -> None:
     model = worker.get_model()
     model.lm_head.weight = model.model.embed_tokens.weight
     model.lm_head.quant_method.process_weights_after_loading(model.lm_head)
+
+
+def _sampled_logprobs(sample: Any) -> list[float]:
+    """The engine's logprob of each token it sampled (vLLM returns one {token_id: Logprob} dict per position)."""
+    return [step[token].logprob for step, token in zip(sample.logprobs, sample.token_ids, strict=True)]
 
 
 def _scale_lm_head(worker: Any, factor: float) -> None:
