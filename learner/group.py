@@ -104,10 +104,7 @@ class LearnerGroup:
             for r, rows in zip(self.ranks, shards, strict=True)
         ]
         results = self._gather(refs, "train_step")
-        learner_logprobs: list[float | None] = [None] * len(batch)
-        for rows, (_, sums) in zip(shards, results, strict=True):
-            for row, value in zip(rows, sums, strict=True):
-                learner_logprobs[row] = value
+        learner_logprobs = unshard(shards, [sums for _, sums in results], len(batch))
         metrics = {**results[0][0], "train/rows_trained": float(len(signal))}  # ranks return the same reduced metrics
         return metrics, learner_logprobs
 
@@ -116,11 +113,7 @@ class LearnerGroup:
         parts = self._gather(
             [r.logprobs.remote(batch.rows(s)) for r, s in zip(self.ranks, shards, strict=True)], "logprobs"
         )
-        rows: list[list[float]] = [[] for _ in range(len(batch))]
-        for shard, part in zip(shards, parts, strict=True):
-            for row, values in zip(shard, part, strict=True):
-                rows[row] = values
-        return rows
+        return unshard(shards, parts, len(batch))  # every row was sent, so none is None
 
     def publish_weights(self) -> tuple[ray.ObjectRef, str]:
         """One object-store copy of the full weights, and their checksum."""
@@ -182,6 +175,15 @@ def split_by_group(batch: TrainBatch, rows: list[int], num_ranks: int) -> list[l
         shards[rank] += members
         load[rank] += tokens(members)
     return [sorted(shard) for shard in shards]
+
+
+def unshard(shards: list[list[int]], parts: list[list[Any]], size: int) -> list[Any]:
+    """Put each rank's per-row results back at their rows' places in the batch; None for rows no rank had."""
+    rows: list[Any] = [None] * size
+    for shard, part in zip(shards, parts, strict=True):
+        for row, value in zip(shard, part, strict=True):
+            rows[row] = value
+    return rows
 
 
 def _rank_died(rank: int, what: str, err: Exception) -> LearnerRankDiedError:
