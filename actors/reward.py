@@ -370,8 +370,13 @@ def score_with_workers(workers: Sequence[Any], completions: list[str], answers: 
         for worker, chunk in zip(workers, split_evenly(len(completions), len(workers)), strict=True)
         if len(chunk)
     ]
+    return merge_scored(ray.get(refs))
+
+
+def merge_scored(parts: Sequence[ScoredBatch]) -> ScoredBatch:
+    """One batch of the parts' scores in order, their counts added up."""
     merged = ScoredBatch(scores=[])
-    for part in ray.get(refs):
+    for part in parts:
         merged.scores.extend(part.scores)
         merged.errors += part.errors
         merged.timeouts += part.timeouts

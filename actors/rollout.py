@@ -12,6 +12,7 @@ Each completion records the policy version of the weights that produced it, so t
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Iterable
@@ -22,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from actors.cores import CorePlan, pin_to_cores
 from actors.resources import process_tree_rss_mb
 from actors.split import split_evenly
 from learner.weights import (
@@ -69,8 +71,13 @@ class Completion:
 
 
 def request_seed(base_seed: int, step: int, prompt_index: int) -> int:
-    """The sampling seed of one prompt's group: fixed by (trainer.seed, step, prompt index), whatever the worker."""
-    return (base_seed * 1_000_003 + step * 10_007 + prompt_index) % (2**31 - 1)
+    """The sampling seed of one prompt's group: fixed by (trainer.seed, step, prompt index), whatever the worker.
+
+    vLLM seeds sample i of a request with `seed + i`, so consecutive seeds per prompt would give sample i of one
+    prompt and sample i - 1 of the next the same random stream (correlated groups). A hash keeps them apart.
+    """
+    digest = hashlib.blake2b(f"{base_seed}:{step}:{prompt_index}".encode(), digest_size=4).digest()
+    return int.from_bytes(digest, "big") % (2**31 - 2**16)  # room for seed + i below 2**31
 
 
 def engine_cpus(cfg: RolloutConfig) -> int:
@@ -83,11 +90,11 @@ def engine_cpus(cfg: RolloutConfig) -> int:
     return max(1, len(os.sched_getaffinity(0)) // cfg.num_workers)
 
 
-def engine_env(cfg: RolloutConfig) -> dict[str, str]:
-    """Environment an engine's process needs before vLLM is imported."""
+def engine_env(cfg: RolloutConfig, cores: list[int] | None = None) -> dict[str, str]:
+    """Environment an engine's process needs before vLLM is imported (`cores`: the ones it is pinned to, if any)."""
     return {
         # The in-process engine runs torch on OMP_NUM_THREADS threads (vLLM forbids set_num_threads later).
-        "OMP_NUM_THREADS": str(engine_cpus(cfg)),
+        "OMP_NUM_THREADS": str(len(cores) if cores else engine_cpus(cfg)),
         "VLLM_ENABLE_V1_MULTIPROCESSING": "0",  # in-process engine
         "VLLM_CPU_KVCACHE_SPACE": str(cfg.kv_cache_gib),
         "TOKENIZERS_PARALLELISM": "false",
@@ -99,8 +106,12 @@ def engine_env(cfg: RolloutConfig) -> dict[str, str]:
 class RolloutEngine:
     """Owns one in-process vLLM engine; generates groups, greedy answers, and reloads weights in place."""
 
-    def __init__(self, model_dir: str, cfg: RolloutConfig, seed: int, worker_index: int = 0) -> None:
-        os.environ.update(engine_env(cfg))
+    def __init__(
+        self, model_dir: str, cfg: RolloutConfig, seed: int, worker_index: int = 0, cores: list[int] | None = None
+    ) -> None:
+        os.environ.update(engine_env(cfg, cores))
+        if cores:  # before vLLM and torch start their threads, so that every one of them inherits it
+            pin_to_cores(cores)
         from vllm import LLM
 
         self.cfg = cfg
@@ -302,23 +313,28 @@ def _corrupt_version(hook: str, worker_index: int) -> int | None:
 
 
 def create_rollout_workers(
-    cfg: RolloutConfig, model_dir: str, seed: int, count: int, num_gpus: float = 0, first_index: int = 0
+    cfg: RolloutConfig,
+    model_dir: str,
+    seed: int,
+    count: int,
+    num_gpus: float = 0,
+    first_index: int = 0,
+    cores: CorePlan | None = None,
 ) -> list:
     """Start `count` rollout actors, each with its own engine, and wait until every engine is up.
 
-    The engines are rollout workers `first_index`, `first_index + 1`, ... of the run.
+    The engines are rollout workers `first_index`, `first_index + 1`, ... of the run; with a core plan each is
+    pinned to its share of the cores.
     """
     import ray
 
     actor_cls = ray.remote(RolloutEngine)
-    workers = [
-        actor_cls.options(
-            num_cpus=engine_cpus(cfg),
-            num_gpus=num_gpus,
-            runtime_env={"env_vars": engine_env(cfg)},
-        ).remote(model_dir, cfg, seed, first_index + offset)
-        for offset in range(count)
-    ]
+    workers = []
+    for index in range(first_index, first_index + count):
+        own = cores.engine_cores(index) if cores else None
+        env = {"env_vars": engine_env(cfg, own)}
+        actor = actor_cls.options(num_cpus=engine_cpus(cfg), num_gpus=num_gpus, runtime_env=env)
+        workers.append(actor.remote(model_dir, cfg, seed, index, own))
     ray.get([worker.health.remote() for worker in workers])
     return workers
 

@@ -50,9 +50,15 @@ class DataConfig:
     """B: prompts sampled per training step."""
     response_prefix: str = ""
     """Text the assistant's turn starts with, written into the prompt (e.g. "<think>\\n"); scored as part of it."""
+    dynamic_sampling: bool = False
+    """Drop groups whose rewards are all equal (no signal) and sample fresh prompts in their place (DAPO)."""
+    max_sampling_rounds: int = 3
+    """With dynamic sampling: rounds of sampling per step at most; a step trains on fewer than B groups only when
+    the rounds ran out."""
 
     def __post_init__(self) -> None:
         _require(self.prompts_per_step >= 1, "data.prompts_per_step", self.prompts_per_step, "must be >= 1")
+        _require(self.max_sampling_rounds >= 1, "data.max_sampling_rounds", self.max_sampling_rounds, "must be >= 1")
         looks_local = self.source.startswith((".", "/", "~")) or Path(self.source).expanduser().exists()
         if looks_local:
             folder = Path(self.source).expanduser()
@@ -212,6 +218,9 @@ class TrainerConfig:
     total_steps: int = 10
     seed: int = 0
     run_dir: str = "runs/debug"
+    max_staleness: int = 0
+    """k: the rollout of the next k steps runs while the learner trains, so step s trains on completions sampled by
+    version s-1-k (0: on-policy, rollout and training alternate)."""
     eval_every: int = 0
     """Also evaluate every this many steps; eval always runs at step 0 and at the end (0: only those two)."""
     eval_size: int = 50
@@ -229,6 +238,7 @@ class TrainerConfig:
         _require(self.total_steps >= 1, "trainer.total_steps", self.total_steps, "must be >= 1")
         _require(self.seed >= 0, "trainer.seed", self.seed, "must be >= 0")
         _require(bool(self.run_dir.strip()), "trainer.run_dir", self.run_dir, "must not be empty")
+        _require(self.max_staleness >= 0, "trainer.max_staleness", self.max_staleness, "must be >= 0")
         _require(self.eval_every >= 0, "trainer.eval_every", self.eval_every, "must be >= 0")
         _require(self.eval_size >= 0, "trainer.eval_size", self.eval_size, "must be >= 0")
         _require(self.keep_checkpoints >= 1, "trainer.keep_checkpoints", self.keep_checkpoints, "must be >= 1")

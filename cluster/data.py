@@ -157,6 +157,17 @@ def step_problem_indices(num_rows: int, prompts_per_step: int, seed: int, step: 
     return order[start : start + prompts_per_step]
 
 
+def refill_problem_indices(num_rows: int, count: int, seed: int, step: int, round_: int, taken: list[int]) -> list[int]:
+    """`count` fresh rows for sampling round `round_` (>= 1) of step `step`, none of them in `taken` (the rows the
+    step drew before). A pure function of its arguments, so dynamic sampling needs no saved cursor either."""
+    if round_ < 1:
+        raise ValueError(f"round_={round_}: round 0 is the step's own rows (step_problem_indices)")
+    free = sorted(set(range(num_rows)) - set(taken))
+    if count > len(free):
+        raise DataError(f"step {step} round {round_} needs {count} fresh rows, only {len(free)} are left")
+    return random.Random(seed * 1_000_003 + step * 10_007 + round_).sample(free, count)
+
+
 def eval_problem_indices(num_rows: int, eval_size: int, seed: int) -> list[int]:
     """A fixed subset of the test split, the same at every eval of a run."""
     order = list(range(num_rows))

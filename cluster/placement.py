@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import TypeVar
 
 import ray
 
+from actors.cores import CorePlan, core_plan
 from actors.reward import ScoredBatch, create_reward_workers, score_with_workers
 from actors.rollout import Completion, create_rollout_workers, generate_with_workers, request_seed
 from actors.split import split_evenly
@@ -47,9 +49,17 @@ MAX_ATTEMPTS = 3
 
 class Workers:
     def __init__(
-        self, cfg: Config, model_dir: Path, rollout: list, reward: list, learner: LearnerGroup, probe_prompt: list[int]
+        self,
+        cfg: Config,
+        model_dir: Path,
+        rollout: list,
+        reward: list,
+        learner: LearnerGroup,
+        probe_prompt: list[int],
+        cores: CorePlan | None,
     ) -> None:
         self.cfg, self.model_dir, self.rollout, self.reward, self.learner = cfg, model_dir, rollout, reward, learner
+        self.cores = cores
         self.probe_prompt = probe_prompt
         self.policy_version = 0
         self._syncs = 0
@@ -58,6 +68,7 @@ class Workers:
 
     @classmethod
     def start(cls, cfg: Config, model_dir: Path) -> Workers:
+        cores = core_plan(cfg.learner.num_ranks, cfg.rollout.num_workers, overlap=cfg.trainer.max_staleness > 0)
         learner = LearnerGroup(
             cfg.learner,
             str(model_dir),
@@ -65,16 +76,28 @@ class Workers:
             sync_dtype=cfg.rollout.dtype,
             seed=cfg.trainer.seed,
             num_gpus_per_rank=cfg.learner.gpus_per_rank,
+            cores=cores.learner if cores else None,
         )
         rollout = create_rollout_workers(
-            cfg.rollout, str(model_dir), cfg.trainer.seed, cfg.rollout.num_workers, num_gpus=cfg.rollout.gpus_per_worker
+            cfg.rollout,
+            str(model_dir),
+            cfg.trainer.seed,
+            cfg.rollout.num_workers,
+            num_gpus=cfg.rollout.gpus_per_worker,
+            cores=cores,
         )
         reward = create_reward_workers(reward_specs(cfg), cfg.reward.timeout_s, cfg.reward.num_workers)
-        return cls(cfg, model_dir, rollout, reward, learner, probe_prompt_ids(model_dir, cfg.data.response_prefix))
+        probe_prompt = probe_prompt_ids(model_dir, cfg.data.response_prefix)
+        return cls(cfg, model_dir, rollout, reward, learner, probe_prompt, cores)
 
-    def generate(self, prompts: list[str], seed: int, step: int) -> list[Completion]:
-        seeds = [request_seed(seed, step, i) for i in range(len(prompts))]
-        return self._retrying_rollout(lambda: generate_with_workers(self.rollout, prompts, seeds, self.cfg.rollout.n))
+    def generate(self, prompts: list[str], seed: int, step: int, first_index: int = 0) -> list[Completion]:
+        """n completions per prompt; the prompts are the step's prompts `first_index`, `first_index + 1`, ... (their
+        sampling seeds and `prompt_index`)."""
+        seeds = [request_seed(seed, step, first_index + i) for i in range(len(prompts))]
+        completions = self._retrying_rollout(
+            lambda: generate_with_workers(self.rollout, prompts, seeds, self.cfg.rollout.n)
+        )
+        return [replace(c, prompt_index=first_index + c.prompt_index) for c in completions]
 
     def generate_greedy(self, prompts: list[str]) -> list[str]:
         def call() -> list[str]:
@@ -125,6 +148,7 @@ class Workers:
                 1,
                 num_gpus=self.cfg.rollout.gpus_per_worker,
                 first_index=index,
+                cores=self.cores,
             )
             self.faults["faults/rollout_restarts"] += 1
         if dead and self.policy_version > 0:  # a new engine starts from the initial weights: bring it up to date

@@ -11,9 +11,9 @@ from learner.batch import TrainBatch
 from rewards.reward_functions import answers_match, extract_answer
 
 if TYPE_CHECKING:
-    from actors.reward import ScoredBatch
     from actors.rollout import Completion
     from cluster.data import Problem
+    from cluster.rollout_stage import StepRollout
 
 
 def train_batch(completions: list[Completion], advantages: list[float]) -> TrainBatch:
@@ -27,27 +27,29 @@ def train_batch(completions: list[Completion], advantages: list[float]) -> Train
 
 
 def build_step_records(
-    step: int,
-    problems: list[Problem],
-    completions: list[Completion],
-    responses: list[str],
-    scored: ScoredBatch,
-    advantages: list[float],
+    rollout: StepRollout,
     learner_logprobs: list[float | None],
     extra_metrics: dict[str, float],
     timings: dict[str, float],
     group_size: int,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """The step's metrics record (same names as wandb) and its rollouts.jsonl lines, one per completion.
+    """The step's metrics record (same names as wandb) and its rollouts.jsonl lines, one per sampled completion.
 
-    `responses` are what the rewards scored: each completion after the prompt's `data.response_prefix`.
     `learner_logprobs` is each completion's summed token logprob from the learner's first pass (None: not forwarded).
+    The reward metrics cover every sampled completion, the ones dynamic sampling dropped too (`trained: false`).
     """
+    step = rollout.step
     lines = []
-    for completion, response, scores, advantage, learner_logprob in zip(
-        completions, responses, scored.scores, advantages, learner_logprobs, strict=True
+    for completion, response, scores, advantage, trained, learner_logprob in zip(
+        rollout.completions,
+        rollout.responses,
+        rollout.scored.scores,
+        rollout.advantages,
+        rollout.trained,
+        learner_logprobs,
+        strict=True,
     ):
-        problem = problems[completion.prompt_index]
+        problem = rollout.problems[completion.prompt_index]
         lines.append(
             {
                 "step": step,
@@ -61,6 +63,7 @@ def build_step_records(
                 "rewards": {name: value for name, value in scores.items() if name != "total"},
                 "total": scores["total"],
                 "advantage": advantage,
+                "trained": trained,
                 "policy_version": completion.policy_version,
                 # Both at rollout.temperature: the sampled distribution as the engine and as the learner computed it.
                 "engine_logprob": sum(completion.engine_logprobs),
@@ -68,16 +71,23 @@ def build_step_records(
             }
         )
     tokens = sum(line["num_tokens"] for line in lines)
+    # Versions behind the newest one step `step` could have sampled with (step - 1): 0 on-policy, k with overlap.
+    staleness = [step - 1 - line["policy_version"] for line in lines]
     record: dict[str, Any] = {
         "step": step,
-        **reward_metrics([line["total"] for line in lines], scored.scores, group_size),
-        "rewards/errors": scored.errors,
-        "rewards/timeouts": scored.timeouts,
+        **reward_metrics([line["total"] for line in lines], rollout.scored.scores, group_size),
+        "rewards/errors": rollout.scored.errors,
+        "rewards/timeouts": rollout.scored.timeouts,
         **extra_metrics,
         **timings,
         "throughput/tokens_per_s": tokens / timings["time/rollout"],
         "rollout/tokens_mean": statistics.fmean(line["num_tokens"] for line in lines),
         "rollout/stopped_frac": statistics.fmean(line["finish_reason"] == "stop" for line in lines),
+        "rollout/groups_sampled": rollout.groups_sampled,
+        "rollout/groups_trained": rollout.groups_trained,
+        "rollout/sampling_rounds": rollout.rounds,
+        "rollout/staleness_mean": statistics.fmean(staleness),
+        "rollout/staleness_max": max(staleness),
         "policy_version": min(line["policy_version"] for line in lines),
     }
     return record, lines

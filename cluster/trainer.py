@@ -1,14 +1,16 @@
 """The driver: GRPO on GSM8K with Ray actors, one step at a time.
 
-Per step k (1-based; version 0 is the initial weights, so step k samples with version k-1):
+Per step s (1-based; version 0 is the initial weights; k = trainer.max_staleness, 0 by default):
 
     prompts      = B GSM8K questions (a pure function of seed and step, so resume needs no data cursor)
-    completions  = rollout workers sample n per prompt with vLLM             time/rollout
-    rewards      = reward workers score each completion (time-bounded)       time/reward
+    completions  = rollout workers sample n per prompt with vLLM, version s-1-k  time/rollout
+    rewards      = reward workers score each completion (time-bounded)           time/reward
+    (dynamic sampling: groups without reward spread are replaced by fresh prompts, rollout_stage.py)
     advantages   = (r - mean_group) / (std_group + eps)
-    learner step = rows with signal only: old logprobs, clipped loss, AdamW   time/train
-    weight sync  = new weights, version k, into every rollout worker         time/sync
-                   (no optimizer step applied: version k = version k-1, nothing moves)
+    learner step = rows with signal only: old logprobs, clipped loss, AdamW       time/train
+                   (k >= 1: the rollout of step s+k runs meanwhile, overlap.py)
+    weight sync  = new weights, version s, into every rollout worker             time/sync
+                   (no optimizer step applied: version s = version s-1, nothing moves)
     log          = metrics.jsonl + wandb, rollouts.jsonl, rewards.png
 
 plus eval (greedy, held-out test questions) and checkpoints on their schedules.
@@ -17,6 +19,7 @@ plus eval (greedy, held-out test questions) and checkpoints on their schedules.
 from __future__ import annotations
 
 import os
+import pickle
 import signal
 import time
 from collections.abc import Iterator
@@ -25,31 +28,25 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import torch
 from tqdm import tqdm
 
 from actors.resources import process_tree_rss_mb
 from actors.rollout import engine_cpus
 from cluster.config import Config
-from cluster.data import (
-    DataError,
-    Problem,
-    build_prompt,
-    eval_problem_indices,
-    load_problems,
-    response_text,
-    step_problem_indices,
-)
+from cluster.data import DataError, Problem, build_prompt, eval_problem_indices, load_problems, response_text
 from cluster.model_source import resolve_model_path
+from cluster.overlap import RolloutsAhead, overlap_seconds
+from cluster.rollout_stage import RolloutStage
 from cluster.run_dir import RunDir
-from cluster.step import build_step_records, eval_record, format_samples, train_batch
+from cluster.step import build_step_records, eval_record, format_samples
 from cluster.watchdog import start_watchdog
-from learner.grpo import group_advantages
 
 if TYPE_CHECKING:
     from cluster.placement import Workers
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+# In a checkpoint folder: the rollouts collected ahead for the steps after it (trainer.max_staleness >= 1).
+ROLLOUTS_AHEAD_FILE = "rollouts_ahead.pkl"
 
 
 @dataclass(frozen=True)
@@ -118,6 +115,7 @@ def running_loop(run: PreparedRun) -> Iterator[TrainingLoop]:
     try:
         yield loop
     finally:
+        loop.ahead.close()
         loop.metrics.close()
         workers.shutdown()
         ray.shutdown()
@@ -156,6 +154,8 @@ class TrainingLoop:
         self.cfg, self.run_info, self.workers, self.tokenizer = cfg, run, workers, tokenizer
         self.run_dir = run.run_dir
         self.metrics = MetricsLogger(cfg, run.run_dir, run.resume_step)
+        stage = RolloutStage(cfg, workers, tokenizer, run.train_problems)
+        self.ahead = RolloutsAhead(stage.collect, cfg.trainer.max_staleness, cfg.trainer.total_steps)
 
     def run(self, stop: StopRequest) -> None:
         cfg, start = self.cfg, self.run_info.resume_step
@@ -187,22 +187,16 @@ class TrainingLoop:
     def train_step(self, step: int) -> dict[str, Any]:
         cfg, timings = self.cfg, {}
         with timed(timings, "step"):
-            rows = step_problem_indices(
-                len(self.run_info.train_problems), cfg.data.prompts_per_step, cfg.trainer.seed, step
-            )
-            problems = [self.run_info.train_problems[i] for i in rows]
-            with timed(timings, "rollout"):
-                prefix = cfg.data.response_prefix
-                prompts = [build_prompt(self.tokenizer, p.question, prefix) for p in problems]  # this step's B rows
-                completions = self.workers.generate(prompts, cfg.trainer.seed, step)
-            responses = [response_text(prefix, c.text) for c in completions]
-            with timed(timings, "reward"):
-                scored = self.workers.score(responses, [problems[c.prompt_index].gold for c in completions])
-            totals = torch.tensor([s["total"] for s in scored.scores], dtype=torch.float64)  # (B*n,)
-            advantages = group_advantages(totals, cfg.rollout.n)  # (B*n,)
+            with timed(timings, "rollout_wait"):  # the part of the rollout the step waited for
+                rollout = self.ahead.take(step)
+            self.ahead.launch_ahead(step)  # k >= 1: the next rollouts sample while this step trains
             with timed(timings, "train"):
-                batch = train_batch(completions, advantages.tolist())
-                train_metrics, learner_logprobs = self.workers.learner.train_step(batch)
+                train_start = time.monotonic()
+                train_metrics, learner_logprobs = self.workers.learner.train_step(rollout.train_batch())
+                train_window = (train_start, time.monotonic())
+            # The engines are idle from here until the next step launches a rollout: push, evaluate, checkpoint.
+            ahead = self.ahead.settle()
+            timings["time/overlap"] = overlap_seconds(train_window, [b for later in ahead for b in later.busy])
             with timed(timings, "sync"):
                 # Every applied optimizer step changed the weights: push them. With none applied (no row had
                 # signal, or the update was not finite) version `step` equals version `step - 1`: no transfer.
@@ -215,13 +209,8 @@ class TrainingLoop:
         # The driver alone: its children are the local Ray cluster's own processes.
         memory = {"memory/driver_rss_mb": process_tree_rss_mb(include_children=False), **self.workers.memory()}
         record, rollout_lines = build_step_records(
-            step,
-            problems,
-            completions,
-            responses,
-            scored,
-            advantages.tolist(),
-            learner_logprobs,
+            rollout,
+            rollout.spread_trained(learner_logprobs),
             {
                 **train_metrics,
                 "sync/pushed": float(train_metrics["train/updates"] > 0),
@@ -229,13 +218,13 @@ class TrainingLoop:
                 **self.workers.faults,
                 **memory,
             },
-            timings,
+            {**rollout.timings, **timings},
             cfg.rollout.n,
         )
         self.run_dir.append(self.run_dir.rollouts_path, rollout_lines)
         self.metrics.log(record)
         self.metrics.plot()
-        tqdm.write(format_samples(step, problems[0], rollout_lines[: min(3, cfg.rollout.n)]))
+        tqdm.write(format_samples(step, rollout.problems[0], rollout_lines[: min(3, cfg.rollout.n)]))
         return record
 
     def evaluate(self, step: int) -> None:
@@ -250,6 +239,9 @@ class TrainingLoop:
     def checkpoint(self, step: int) -> None:
         tmp = self.run_dir.begin_checkpoint(step)
         self.workers.learner.save_checkpoint(str(tmp))
+        # k >= 1: the rollouts already sampled for the next steps, by versions this checkpoint no longer holds.
+        with open(tmp / ROLLOUTS_AHEAD_FILE, "wb") as file:
+            pickle.dump(self.ahead.settle(), file)
         # The fault counters count over the whole run, so a resumed run carries them on.
         state = {"step": step, "policy_version": self.workers.policy_version, "faults": dict(self.workers.faults)}
         self.run_dir.commit_checkpoint(tmp, step, state, self.cfg.trainer.keep_checkpoints)
@@ -261,3 +253,8 @@ class TrainingLoop:
         self.workers.faults.update(state.get("faults", {}))
         self.workers.learner.load_checkpoint(str(self.run_dir.checkpoint_dir(step)))
         self.workers.sync_weights(version=state["policy_version"])
+        ahead = self.run_dir.checkpoint_dir(step) / ROLLOUTS_AHEAD_FILE
+        # Checkpoints written before rollouts could run ahead have no such file: nothing was ahead.
+        if ahead.is_file():
+            with open(ahead, "rb") as file:
+                self.ahead.restore(step, pickle.load(file))

@@ -38,16 +38,18 @@ class LearnerGroup:
         sync_dtype: str,
         seed: int,
         num_gpus_per_rank: float = 0,
+        cores: list[list[int]] | None = None,
     ) -> None:
+        """`cores`: each rank's cores while rollout overlaps training (actors/cores.py), else None."""
         self.cfg = cfg
         # The rendezvous lives where rank 0 will run; with placement groups that is the first bundle's node.
         addr, port = ray.get(_node_address_and_port.remote())
         actor_cls = ray.remote(LearnerRank)
         self.ranks = [
             actor_cls.options(num_cpus=1, num_gpus=num_gpus_per_rank).remote(
-                rank, cfg.num_ranks, addr, port, model_dir, cfg, temperature, sync_dtype, seed
+                rank, cfg.num_ranks, addr, port, model_dir, cfg, temperature, sync_dtype, seed, own
             )
-            for rank in range(cfg.num_ranks)
+            for rank, own in enumerate(cores or [None] * cfg.num_ranks)
         ]
         self._gather([r.ready.remote() for r in self.ranks], "start")
 

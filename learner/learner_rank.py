@@ -25,6 +25,7 @@ from torch.distributed.checkpoint.state_dict import (
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor
 
+from actors.cores import pin_to_cores
 from learner.batch import PackedBatch, TrainBatch, make_units, pack, plan_micro_batches
 from learner.grpo import clipped_policy_loss
 from learner.policy import LM_PREFIX, ScoredPolicy
@@ -61,6 +62,7 @@ class LearnerRank:
         temperature: float,
         sync_dtype: str,
         seed: int,
+        cores: list[int] | None = None,
     ) -> None:
         from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -68,7 +70,10 @@ class LearnerRank:
         self.device = (
             torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
         )
-        if self.device.type == "cpu":
+        if cores:  # rollout runs alongside training (actors/cores.py): this rank computes on its own cores only
+            pin_to_cores(cores)
+            torch.set_num_threads(len(cores))
+        elif self.device.type == "cpu":
             # Rollout and training phases alternate, so the learner may use every core while it runs.
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // world_size))
         backend = "nccl" if self.device.type == "cuda" else "gloo"

@@ -180,6 +180,8 @@ OVERRIDE_ERRORS = [
     pytest.param(["rollout.n8"], "rollout.n8", "None", id="no-equals"),
     pytest.param(["rollout.top_p=0.9"], "rollout.top_p", "0.9", id="top-p-truncation"),
     pytest.param(["rollout.cpus_per_worker=-1"], "rollout.cpus_per_worker", "-1", id="negative-cpus"),
+    pytest.param(["trainer.max_staleness=-1"], "trainer.max_staleness", "-1", id="negative-staleness"),
+    pytest.param(["data.max_sampling_rounds=0"], "data.max_sampling_rounds", "0", id="no-sampling-round"),
     pytest.param(
         ["learner.max_tokens_per_micro_batch=0"], "learner.max_tokens_per_micro_batch", "0", id="zero-token-budget"
     ),

@@ -19,6 +19,7 @@ from cluster.data import (
     build_prompt,
     eval_problem_indices,
     load_problems,
+    refill_problem_indices,
     response_text,
     step_problem_indices,
 )
@@ -299,3 +300,17 @@ def test_eval_indices_fixed_and_sized(num_rows: int, eval_size: int, expected: i
 def test_eval_indices_zero_and_seeds() -> None:
     assert eval_problem_indices(1319, 0, seed=0) == []
     assert eval_problem_indices(1319, 16, seed=0) != eval_problem_indices(1319, 16, seed=1)
+
+
+def test_refill_rows_are_fresh_distinct_and_a_pure_function() -> None:
+    taken = step_problem_indices(100, 8, 3, 5)
+    first = refill_problem_indices(100, 6, 3, 5, 1, taken)
+    assert first == refill_problem_indices(100, 6, 3, 5, 1, taken)
+    assert len(set(first)) == 6 and not set(first) & set(taken)
+    second = refill_problem_indices(100, 6, 3, 5, 2, taken + first)
+    assert not set(second) & set(taken + first)
+    assert refill_problem_indices(100, 6, 3, 6, 1, taken) != first  # another step, other rows
+    with pytest.raises(DataError, match="only 2 are left"):
+        refill_problem_indices(10, 3, 0, 1, 1, list(range(8)))
+    with pytest.raises(ValueError, match="round 0"):
+        refill_problem_indices(10, 1, 0, 1, 0, [])

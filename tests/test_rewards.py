@@ -43,9 +43,7 @@ CASES = [
     pytest.param(_wrap("360,000"), "360000", 2.0, 0.5, 0.5, 0.5, id="comma-in-completion"),
     pytest.param(_wrap("360000"), "360,000", 2.0, 0.5, 0.5, 0.5, id="comma-in-gold"),
     pytest.param(_wrap("1,234,567"), "1234567", 2.0, 0.5, 0.5, 0.5, id="several-commas"),
-    pytest.param(
-        "<think>\nreasoning\n</think>\n<answer>\n72\n", "72", 0.0, 0.0, 0.0, 0.375, id="cut-off-in-answer"
-    ),
+    pytest.param("<think>\nreasoning\n</think>\n<answer>\n72\n", "72", 0.0, 0.0, 0.0, 0.375, id="cut-off-in-answer"),
     pytest.param("<think>\nLet me compute 8 * 9", "72", 0.0, 0.0, 0.0, 0.125, id="cut-off-in-think"),
     pytest.param(
         "<think>\nr\n</think>\n<answer>\n12\n<answer>\n72\n</answer>",
@@ -85,35 +83,19 @@ CASES = [
     pytest.param(PERFECT + "\n\n", "72", 2.0, 0.5, 0.0, 0.5, id="two-trailing-newlines"),
     pytest.param(" " + PERFECT, "72", 2.0, 0.5, 0.0, 0.5, id="leading-space"),
     pytest.param("Sure!\n" + PERFECT, "72", 2.0, 0.5, 0.0, 0.5, id="preamble-before-think"),
-    pytest.param(
-        "<think>reasoning</think><answer>72</answer>", "72", 2.0, 0.5, 0.0, 0.125, id="no-newlines-at-all"
-    ),
-    pytest.param(
-        "<think>\nr\n</think>\n<answer>72</answer>", "72", 2.0, 0.5, 0.0, 0.375, id="no-newlines-in-answer"
-    ),
-    pytest.param(
-        "<think>\nr</think>\n<answer>\n72\n</answer>", "72", 2.0, 0.5, 0.0, 0.5, id="no-newline-before-close"
-    ),
-    pytest.param(
-        "<think>\nr\n</think><answer>\n72\n</answer>", "72", 2.0, 0.5, 0.0, 0.375, id="no-newline-between"
-    ),
+    pytest.param("<think>reasoning</think><answer>72</answer>", "72", 2.0, 0.5, 0.0, 0.125, id="no-newlines-at-all"),
+    pytest.param("<think>\nr\n</think>\n<answer>72</answer>", "72", 2.0, 0.5, 0.0, 0.375, id="no-newlines-in-answer"),
+    pytest.param("<think>\nr</think>\n<answer>\n72\n</answer>", "72", 2.0, 0.5, 0.0, 0.5, id="no-newline-before-close"),
+    pytest.param("<think>\nr\n</think><answer>\n72\n</answer>", "72", 2.0, 0.5, 0.0, 0.375, id="no-newline-between"),
     pytest.param("", "72", 0.0, 0.0, 0.0, 0.0, id="empty-completion"),
     pytest.param("72", "72", 0.0, 0.0, 0.0, 0.0, id="bare-number-no-tags"),
     pytest.param("72</answer>", "72", 2.0, 0.5, 0.0, 0.125, id="only-close-tag"),
     pytest.param("<answer>\n72\n</answer>", "72", 2.0, 0.5, 0.0, 0.25, id="no-think-block"),
-    pytest.param(
-        "<think>\n\n</think>\n<answer>\n72\n</answer>", "72", 2.0, 0.5, 0.5, 0.5, id="empty-think-content"
-    ),
+    pytest.param("<think>\n\n</think>\n<answer>\n72\n</answer>", "72", 2.0, 0.5, 0.5, 0.5, id="empty-think-content"),
     pytest.param("<think>\n" + PERFECT, "72", 2.0, 0.5, 0.0, 0.375, id="think-tag-twice"),
-    pytest.param(
-        "<answer>\n72\n</answer>\n<think>\nr\n</think>", "72", 2.0, 0.5, 0.0, 0.375, id="blocks-swapped"
-    ),
-    pytest.param(
-        "<THINK>\nr\n</THINK>\n<ANSWER>\n72\n</ANSWER>", "72", 0.0, 0.0, 0.0, 0.0, id="uppercase-tags"
-    ),
-    pytest.param(
-        "<think>\r\nr\r\n</think>\r\n<answer>\r\n72\r\n</answer>", "72", 2.0, 0.5, 0.0, 0.125, id="crlf"
-    ),
+    pytest.param("<answer>\n72\n</answer>\n<think>\nr\n</think>", "72", 2.0, 0.5, 0.0, 0.375, id="blocks-swapped"),
+    pytest.param("<THINK>\nr\n</THINK>\n<ANSWER>\n72\n</ANSWER>", "72", 0.0, 0.0, 0.0, 0.0, id="uppercase-tags"),
+    pytest.param("<think>\r\nr\r\n</think>\r\n<answer>\r\n72\r\n</answer>", "72", 2.0, 0.5, 0.0, 0.125, id="crlf"),
     pytest.param(
         "<think>\nShe has 1,200 apples.\nShe buys 34 more: 1,234.\n</think>\n<answer>\n1,234\n</answer>",
         "1234",
@@ -248,12 +230,9 @@ def test_module_imports_only_stdlib() -> None:
 
 def test_import_pulls_in_no_heavy_dependencies() -> None:
     code = (
-        "import sys, rewards.reward_functions\n"
-        "print(sorted(m for m in ('torch', 'ray', 'vllm') if m in sys.modules))"
+        "import sys, rewards.reward_functions\nprint(sorted(m for m in ('torch', 'ray', 'vllm') if m in sys.modules))"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, check=True
-    ).stdout
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 
 

@@ -6,6 +6,7 @@ the real SmolLM2-135M.
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import pytest
@@ -39,6 +40,14 @@ def two_workers(ray_cluster: None, tiny_model_dir: Path) -> list:
 
 def _seeds(step: int, count: int) -> list[int]:
     return [request_seed(0, step, i) for i in range(count)]
+
+
+def test_request_seeds_keep_groups_apart() -> None:
+    """vLLM samples child i of a request with seed + i: no two prompts' seed ranges may overlap."""
+    seeds = [request_seed(0, step, i) for step in range(1, 50) for i in range(64)]
+    assert seeds[:64] == _seeds(1, 64)  # a pure function
+    ranges = sorted(seeds)
+    assert all(b - a >= 16 for a, b in itertools.pairwise(ranges))
 
 
 def test_split_evenly_covers_in_order() -> None:

@@ -21,12 +21,20 @@ def _steps(run_dir: Path) -> list[int]:
     return [json.loads(line)["step"] for line in path.read_text().splitlines() if line.strip()]
 
 
-@pytest.mark.parametrize(("signum", "exit_code"), [(signal.SIGTERM, 143), (signal.SIGINT, 0)])
+# SIGINT with the rollout running one step ahead (trainer.max_staleness=1): the rollouts it collected ahead go
+# into the checkpoint, and the resumed run continues from them.
+@pytest.mark.parametrize(("signum", "exit_code", "staleness"), [(signal.SIGTERM, 143, 0), (signal.SIGINT, 0, 1)])
 def test_signal_checkpoints_stops_cleanly_and_resumes(
-    tiny_model_dir: Path, tmp_path: Path, signum: signal.Signals, exit_code: int
+    tiny_model_dir: Path, tmp_path: Path, signum: signal.Signals, exit_code: int, staleness: int
 ) -> None:
     run_dir = tmp_path / "run"
-    base = tiny_run_overrides(tiny_model_dir, run_dir, "trainer.checkpoint_every=0", "data.prompts_per_step=2")
+    base = tiny_run_overrides(
+        tiny_model_dir,
+        run_dir,
+        "trainer.checkpoint_every=0",
+        "data.prompts_per_step=2",
+        f"trainer.max_staleness={staleness}",
+    )
     driver = subprocess.Popen(
         launch_command([*base, "trainer.total_steps=40"]),
         cwd=REPO_ROOT,

@@ -12,6 +12,7 @@ import signal
 import statistics
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import psutil
@@ -70,34 +71,56 @@ def test_run_directory_has_every_artifact(e2e_run: Path) -> None:
     assert torch.equal(model.model.embed_tokens.weight, reloaded["model.embed_tokens.weight"])
 
 
-def test_rollouts_agree_with_rewards_advantages_and_versions(e2e_run: Path) -> None:
-    rollouts = _lines(e2e_run / "rollouts.jsonl")
-    metrics = {r["step"]: r for r in _lines(e2e_run / "metrics.jsonl") if "rewards/mean" in r}
-    assert sorted(metrics) == list(range(1, STEPS + 1))
-    for step in range(1, STEPS + 1):
-        lines = [r for r in rollouts if r["step"] == step]
-        assert len(lines) == B * N
-        by_prompt: dict[int, list[dict]] = {}
+def check_run_directory(run_dir: Path, steps: int, version_of: Callable[[int], int]) -> dict[int, list[dict]]:
+    """The invariants of any run directory: each step logged once, in order; every completion's rewards re-scored
+    from its text (built-in functions), totals summed, advantages recomputed per group, the trained flag and the
+    learner's logprob consistent, every completion sampled by policy version `version_of(step)`.
+    Returns each step's rollouts.jsonl lines."""
+    rollouts = _lines(run_dir / "rollouts.jsonl")
+    metrics = _step_records(run_dir)
+    assert sorted(metrics) == list(range(1, steps + 1))
+    assert [line["step"] for line in rollouts] == sorted(line["step"] for line in rollouts)
+    by_step: dict[int, list[dict]] = {}
+    for line in rollouts:
+        by_step.setdefault(line["step"], []).append(line)
+    assert sorted(by_step) == list(range(1, steps + 1))
+    for step, lines in by_step.items():
+        groups: dict[int, list[dict]] = {}
         for line in lines:
-            by_prompt.setdefault(line["prompt_index"], []).append(line)
-            # debug.yaml's data.response_prefix opens the answer; the rewards scored prefix + sampled text.
-            assert line["completion"].startswith("<think>\n")
+            groups.setdefault(line["prompt_index"], []).append(line)
             builtin = score(line["completion"], line["gold"])
-            for name in REWARD_FUNCTIONS:
+            for name in set(REWARD_FUNCTIONS) & set(line["rewards"]):
                 assert line["rewards"][name] == builtin[name]
-            assert line["rewards"]["letter_a_share"] == letter_a_share([line["completion"]], [line["gold"]])[0]
             assert line["total"] == pytest.approx(sum(line["rewards"].values()), abs=1e-12)
-            assert line["policy_version"] == step - 1
-            # Rows with advantage exactly 0 are not forwarded by the learner (learner.skip_zero_advantage).
-            assert (line["learner_logprob"] is None) == (line["advantage"] == 0.0)
-            if line["learner_logprob"] is not None and step == 1:  # same weights on both sides, both at T
-                assert abs(line["learner_logprob"] - line["engine_logprob"]) < 0.05 * line["num_tokens"]
-        assert sorted(len(group) for group in by_prompt.values()) == [N] * B
+            assert line["policy_version"] == version_of(step), (step, line["policy_version"])
+            # Rows with advantage exactly 0, or dropped by dynamic sampling, are not forwarded by the learner.
+            assert (line["learner_logprob"] is None) == (line["advantage"] == 0.0 or not line["trained"])
+        for group in groups.values():
+            assert len(group) == len(groups[lines[0]["prompt_index"]])
+            assert len({line["trained"] for line in group}) == 1
         totals = torch.tensor([line["total"] for line in lines], dtype=torch.float64)
-        expected = group_advantages(totals, N)
+        expected = group_advantages(totals, len(groups[lines[0]["prompt_index"]]))
         assert [line["advantage"] for line in lines] == pytest.approx(expected.tolist(), abs=1e-12)
         assert metrics[step]["rewards/mean"] == pytest.approx(statistics.fmean(totals.tolist()), abs=1e-12)
-        assert metrics[step]["policy_version"] == step - 1
+        assert metrics[step]["policy_version"] == version_of(step)
+        assert metrics[step]["rollout/staleness_max"] == step - 1 - version_of(step)
+    return by_step
+
+
+def test_rollouts_agree_with_rewards_advantages_and_versions(e2e_run: Path) -> None:
+    by_step = check_run_directory(e2e_run, STEPS, lambda step: step - 1)
+    metrics = _step_records(e2e_run)
+    for step, lines in by_step.items():
+        assert len(lines) == B * N
+        assert len({line["prompt_index"] for line in lines}) == B
+        for line in lines:
+            # debug.yaml's data.response_prefix opens the answer; the rewards scored prefix + sampled text.
+            assert line["completion"].startswith("<think>\n")
+            assert line["rewards"]["letter_a_share"] == letter_a_share([line["completion"]], [line["gold"]])[0]
+            assert line["trained"]  # dynamic sampling is off: every sampled group is in the batch
+            if line["learner_logprob"] is not None and step == 1:  # same weights on both sides, both at T
+                assert abs(line["learner_logprob"] - line["engine_logprob"]) < 0.05 * line["num_tokens"]
+        assert metrics[step]["rollout/sampling_rounds"] == 1 and metrics[step]["rollout/groups_trained"] == B
     # The learner recomputes step 1's logprobs from the same weights the engine sampled with (bf16 engine vs fp32
     # learner): the rollout issue measured 0.035 mean |diff| on SmolLM2; the tiny model is far below that.
     assert metrics[1]["train/logprob_mismatch"] < 0.05
@@ -161,6 +184,13 @@ def test_metrics_have_every_documented_name(e2e_run: Path) -> None:
         "time/sync",
         "time/step",
         "throughput/tokens_per_s",
+        "time/rollout_wait",
+        "time/overlap",
+        "rollout/groups_sampled",
+        "rollout/groups_trained",
+        "rollout/sampling_rounds",
+        "rollout/staleness_mean",
+        "rollout/staleness_max",
         "rewards/errors",
         "rewards/timeouts",
     }
@@ -206,39 +236,49 @@ KILL_POINTS = {
 }
 
 
-@pytest.mark.parametrize("kill_point", list(KILL_POINTS))
-def test_sigkill_then_resume_equals_uninterrupted_run(
-    e2e_run: Path, tiny_model_dir: Path, tmp_path: Path, kill_point: str
-) -> None:
-    run_dir = tmp_path / "run"
-    overrides = _overrides(tiny_model_dir, run_dir, "trainer.eval_size=4")
+def sigkill_when(overrides: list[str], reached: Callable[[], bool], what: str) -> None:
+    """Start the real driver, SIGKILL it once `reached()`, and check that its whole local cluster died with it."""
     driver = subprocess.Popen(
         launch_command(overrides), cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
-    reached = KILL_POINTS[kill_point]
     deadline = time.monotonic() + 300
-    while not reached(run_dir) and driver.poll() is None and time.monotonic() < deadline:
+    while not reached() and driver.poll() is None and time.monotonic() < deadline:
         time.sleep(0.002)
-    assert reached(run_dir) and driver.poll() is None, f"the run finished or stalled before: {kill_point}"
+    assert reached() and driver.poll() is None, f"the run finished or stalled before: {what}"
     run_processes = psutil.Process(driver.pid).children(recursive=True)
     driver.send_signal(signal.SIGKILL)
     driver.wait(timeout=30)
     # Every process of the local cluster dies with the driver, Ray's own agents too (cluster/watchdog.py).
     _, alive = psutil.wait_procs(run_processes, timeout=30)
     assert not alive, f"processes of the killed run left behind: {alive}"
+
+
+def assert_same_run(run_dir: Path, reference: Path, steps: int) -> None:
+    """Step by step the same losses and rewards, and the same completions in the same order, each step once."""
+    resumed, expected = _step_records(run_dir), _step_records(reference)
+    assert sorted(resumed) == list(range(1, steps + 1))
+    for step in range(1, steps + 1):
+        for key in ("grpo_loss", "rewards/mean", "rewards/std", "train/grad_norm", "train/logprob_mismatch"):
+            assert resumed[step][key] == expected[step][key] or (
+                math.isnan(resumed[step][key]) and math.isnan(expected[step][key])
+            ), (step, key)
+    completions = [(r["step"], r["completion"], r["trained"]) for r in _lines(run_dir / "rollouts.jsonl")]
+    assert completions == [(r["step"], r["completion"], r["trained"]) for r in _lines(reference / "rollouts.jsonl")]
+
+
+@pytest.mark.parametrize("kill_point", list(KILL_POINTS))
+def test_sigkill_then_resume_equals_uninterrupted_run(
+    e2e_run: Path, tiny_model_dir: Path, tmp_path: Path, kill_point: str
+) -> None:
+    run_dir = tmp_path / "run"
+    overrides = _overrides(tiny_model_dir, run_dir, "trainer.eval_size=4")
+    sigkill_when(overrides, lambda: KILL_POINTS[kill_point](run_dir), kill_point)
     assert not (run_dir / "checkpoints" / "step_4" / "trainer_state.json").is_file()
 
     run_launch([*overrides, "trainer.resume=true"])
-    resumed, reference = _step_records(run_dir), _step_records(e2e_run)
-    assert sorted(resumed) == list(range(1, STEPS + 1))
-    for step in range(1, STEPS + 1):
-        for key in ("grpo_loss", "rewards/mean", "rewards/std", "train/grad_norm", "train/logprob_mismatch"):
-            assert resumed[step][key] == reference[step][key], (step, key)
+    assert_same_run(run_dir, e2e_run, STEPS)
     steps_in_rollouts = [r["step"] for r in _lines(run_dir / "rollouts.jsonl")]
-    assert steps_in_rollouts == sorted(steps_in_rollouts)
     assert {s: steps_in_rollouts.count(s) for s in set(steps_in_rollouts)} == {s: B * N for s in range(1, STEPS + 1)}
-    reference_rollouts = [(r["step"], r["completion"]) for r in _lines(e2e_run / "rollouts.jsonl")]
-    assert [(r["step"], r["completion"]) for r in _lines(run_dir / "rollouts.jsonl")] == reference_rollouts
 
 
 @pytest.mark.parametrize(("seed", "param_dtype"), [(0, "bfloat16"), (1, "bfloat16"), (0, "float32")])

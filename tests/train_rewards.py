@@ -10,3 +10,9 @@ def letter_a_share(completions: list[str], answers: list[str]) -> list[float]:
 def constant_one(completions: list[str], answers: list[str]) -> list[float]:
     """The same reward for everything: every group has zero spread, so no step has a learning signal."""
     return [1.0 for _ in completions]
+
+
+def length_divisible_by_3(completions: list[str], answers: list[str]) -> list[float]:
+    """1 for a third of random texts: some groups of four all score the same and some do not, which is what
+    dynamic sampling needs to act on."""
+    return [float(len(completion) % 3 == 0) for completion in completions]
