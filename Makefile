@@ -8,6 +8,7 @@
 #   make bench-trl      bench/vs_trl.py, this project's step against TRL's GRPOTrainer in fp32 and bf16 (installs
 #                       the `bench` extra)
 #   make bench-learner  11 min: bench/learner.py, the learner step with each saving in turn, vs the cores' matmul rate
+#   make bench-overlap  bench/overlap.py, step time with the rollout one step ahead of training (k = 1) vs k = 0
 # Both are idempotent: the install is skipped while .venv/.installed is newer than pyproject.toml.
 
 PYTHON ?= python3
@@ -17,7 +18,7 @@ PIP := $(PY) -m pip --disable-pip-version-check
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: demo test lint install learn bench-profile bench-trl bench-learner
+.PHONY: demo test lint install learn bench-profile bench-trl bench-learner bench-overlap
 
 install: $(STAMP)
 
@@ -47,6 +48,9 @@ bench-profile: $(STAMP)
 
 bench-learner: $(STAMP)
 	$(PY) bench/learner.py --out docs/results/learner.json $(ARGS)
+
+bench-overlap: $(STAMP)
+	$(PY) bench/overlap.py --out docs/results/overlap.json $(ARGS)
 
 bench-trl: $(STAMP)
 	$(PIP) install -q -e '.[cpu,bench]'
