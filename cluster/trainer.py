@@ -199,7 +199,7 @@ class TrainingLoop:
             with timed(timings, "reward"):
                 scored = self.workers.score(responses, [problems[c.prompt_index].gold for c in completions])
             totals = torch.tensor([s["total"] for s in scored.scores], dtype=torch.float64)  # (B*n,)
-            advantages = group_advantages(totals, cfg.rollout.n)  # (B*n,)
+            advantages = group_advantages(totals, cfg.rollout.n, scale_by_std=cfg.learner.advantage_std)  # (B*n,)
             with timed(timings, "train"):
                 batch = train_batch(completions, advantages.tolist())
                 train_metrics, learner_logprobs = self.workers.learner.train_step(batch)
