@@ -139,12 +139,24 @@ class RewardConfig:
     timeout_s: float = 5.0
     """Time bound per completion; a reward function past it scores 0 and is counted."""
     functions: str = "correctness,digit,hard_format,mark"
-    """Comma-separated reward functions: built-in names or `package.module:function` import paths."""
+    """Comma-separated reward functions: built-in names, `package.module:function` import paths (importable here)
+    or `path/to/file.py:function`; custom ones are shipped to the reward workers on every node."""
+
+    @property
+    def specs(self) -> list[str]:
+        return [s.strip() for s in self.functions.split(",") if s.strip()]
 
     def __post_init__(self) -> None:
         _require(self.num_workers >= 1, "reward.num_workers", self.num_workers, "must be >= 1")
         _require(self.timeout_s > 0, "reward.timeout_s", self.timeout_s, "must be > 0")
         _require(bool(self.functions.strip(", ")), "reward.functions", self.functions, "name at least one function")
+        # Import each custom function here, in the driver, so that a typo is exit 2 before any actor starts.
+        from actors.reward_specs import resolve_reward_functions
+
+        try:
+            resolve_reward_functions(self.specs)
+        except ValueError as err:
+            raise ConfigError("reward.functions", self.functions, str(err)) from None
 
 
 @dataclass(frozen=True)

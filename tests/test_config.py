@@ -259,6 +259,9 @@ CLI_ERRORS = [
     pytest.param(None, ["wandb.mode=on"], "wandb.mode", id="bad-wandb-mode"),
     pytest.param("configs/no_such_config.yaml", [], "--config", id="missing-config-file"),
     pytest.param("yaml:rollout:\n  n: true\n", [], "rollout.n", id="yaml-wrong-type"),
+    pytest.param(None, ["reward.functions=correctness,no_such_module:f"], "no_such_module", id="missing-reward-module"),
+    pytest.param(None, ["reward.functions=tests.train_rewards:nope"], "nope", id="missing-reward-function"),
+    pytest.param(None, ["reward.functions=/no/such/file.py:f"], "/no/such/file.py", id="missing-reward-file"),
 ]
 
 

@@ -18,9 +18,9 @@ import pytest
 from actors.reward import (
     DEFAULT_REWARD_SPECS,
     RewardScorer,
-    resolve_reward_functions,
     score_with_workers,
 )
+from actors.reward_specs import resolve_reward_functions
 from rewards.reward_functions import REWARD_FUNCTIONS, score
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -149,8 +149,11 @@ def test_sleep_and_signal_ignoring_busy_loop_are_cut_and_the_rest_scored() -> No
             batch.scores, _expected(completions, answers), completions, strict=True
         ):
             marked = "HANG" in completion or "SPIN" in completion
-            assert scores == {"hang_if_marked": 0.0 if marked else 1.0, **expected,
-                              "total": expected["total"] + (0.0 if marked else 1.0)}
+            assert scores == {
+                "hang_if_marked": 0.0 if marked else 1.0,
+                **expected,
+                "total": expected["total"] + (0.0 if marked else 1.0),
+            }
 
         # The replaced child goes on working, batch after batch, without another restart.
         restarts = hanging.restarts
@@ -170,8 +173,11 @@ def test_raising_nan_string_and_bool_score_zero_and_count_as_errors() -> None:
         batch = faulty.score_batch(completions, answers)
         assert (batch.errors, batch.timeouts) == (len(faults) * len(completions), 0)
         for scores, expected in zip(batch.scores, _expected(completions, answers), strict=True):
-            assert scores == {**dict.fromkeys(faults, 0.0), "correctness": expected["correctness"],
-                              "total": expected["correctness"]}
+            assert scores == {
+                **dict.fromkeys(faults, 0.0),
+                "correctness": expected["correctness"],
+                "total": expected["correctness"],
+            }
         assert faulty.child_pid == pid and faulty.restarts == 0  # errors do not cost a process
         messages = " | ".join(batch.error_messages)
         assert "RuntimeError" in messages and "nan" in messages and "str" in messages
@@ -213,7 +219,10 @@ def test_the_child_dies_with_its_parent_even_in_a_busy_loop() -> None:
             scorer.score_batch(["SPIN"], ["1"])
     """)
     parent = subprocess.Popen(
-        [sys.executable, "-c", script], cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True,
+        [sys.executable, "-c", script],
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
         env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
     )
     try:
