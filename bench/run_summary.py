@@ -30,7 +30,7 @@ def read_metrics(path: Path, window: int = WINDOW) -> tuple[list[dict[str, Any]]
     """(training-step records in step order, eval records in step order); at least 2 x `window` steps."""
     records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     steps = sorted((r for r in records if "rewards/mean" in r), key=lambda r: r["step"])
-    evals = sorted((r for r in records if "eval/accuracy_strict" in r), key=lambda r: r["step"])
+    evals = sorted((r for r in records if "eval/size" in r), key=lambda r: r["step"])
     if len(steps) < 2 * window:
         raise SystemExit(f"{path}: {len(steps)} training steps; the summary compares the first and last {WINDOW}")
     return steps, evals
@@ -65,6 +65,8 @@ def markdown(path: Path) -> str:
             "|---|---|---|",
         ]
         for name in ("eval/accuracy_strict", "eval/accuracy_lenient", "eval/reward_mean"):
+            if name not in before:  # strict accuracy needs the built-in correctness and hard_format rewards
+                continue
             out.append(f"| `{name}` | {before[name]:.3f} | {after[name]:.3f} |")
     out += ["", "| step time, median over all steps | seconds |", "|---|---|"]
     out += [f"| `{name}` | {statistics.median(r[name] for r in steps):.1f} |" for name in PHASES]

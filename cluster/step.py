@@ -103,11 +103,17 @@ def lenient_correct(completion: str, gold: str) -> bool:
 
 
 def eval_record(texts: list[str], golds: list[str], scores: list[dict[str, float]]) -> dict[str, float]:
-    """Greedy eval: strict = correct answer in the exact format; lenient = the gold number inside <answer>."""
-    strict = [s["correctness"] > 0 and s["hard_format"] > 0 for s in scores]
+    """Greedy eval, whatever `reward.functions` are: the mean of each configured function (`eval/<name>/mean`) and of
+    their total; lenient accuracy = the gold number inside <answer> (read from the text, no reward function needed);
+    strict accuracy = correct answer in the exact format, only when the built-in `correctness` and `hard_format`
+    are among the functions."""
+    names = [name for name in scores[0] if name != "total"]
+    record: dict[str, float] = {f"eval/{name}/mean": statistics.fmean(s[name] for s in scores) for name in names}
+    if {"correctness", "hard_format"} <= set(names):
+        record["eval/accuracy_strict"] = statistics.fmean(s["correctness"] > 0 and s["hard_format"] > 0 for s in scores)
     lenient = [lenient_correct(t, g) for t, g in zip(texts, golds, strict=True)]
     return {
-        "eval/accuracy_strict": statistics.fmean(strict),
+        **record,
         "eval/accuracy_lenient": statistics.fmean(lenient),
         "eval/reward_mean": statistics.fmean(s["total"] for s in scores),
         "eval/size": len(scores),

@@ -87,7 +87,13 @@ def init_ray(cfg: Config) -> None:
     """Join the cluster in RAY_ADDRESS (as under `ray job submit`), or start a local one sized for the actors."""
     import ray
 
-    runtime_env = {"env_vars": {"PYTHONPATH": str(REPO_ROOT), "TOKENIZERS_PARALLELISM": "false"}}
+    from actors.reward_specs import custom_reward_sources
+
+    runtime_env: dict[str, Any] = {"env_vars": {"PYTHONPATH": str(REPO_ROOT), "TOKENIZERS_PARALLELISM": "false"}}
+    # PYTHONPATH above replaces the driver's: custom reward modules and files outside the repo reach the reward
+    # workers on every node as Ray-shipped py_modules instead.
+    if shipped := custom_reward_sources(cfg.reward.specs):
+        runtime_env["py_modules"] = shipped
     if os.environ.get("RAY_ADDRESS"):
         ray.init(runtime_env=runtime_env)
         return

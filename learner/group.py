@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import ray
 
 from learner.batch import TrainBatch
+from learner.grpo import loss_denominator
 from learner.learner_rank import LearnerRank
 
 if TYPE_CHECKING:
@@ -96,13 +97,17 @@ class LearnerGroup:
         first pass (None for a row it did not forward).
 
         With `skip_zero_advantage`, rows whose advantage is exactly 0 are not sent at all: without a KL term they add
-        exactly nothing to the loss or the gradient. The token-mean still divides by every token of the step, so
-        the update is the full batch's. A step where no row has signal runs no pass and no optimizer step.
+        exactly nothing to the loss or the gradient. The loss still divides by the whole step's tokens / rows, so
+        the update is the full batch's. A step where no row has signal runs no pass and no optimizer step. With a KL
+        term (`kl_coef` > 0) every row is trained: its KL to the reference has a gradient whatever its advantage.
         """
-        signal = [i for i, a in enumerate(batch.advantages) if a != 0.0 or not self.cfg.skip_zero_advantage]
+        skip = self.cfg.skip_zero_advantage and self.cfg.kl_coef == 0
+        signal = [i for i, a in enumerate(batch.advantages) if a != 0.0 or not skip]
         shards = split_by_group(batch, signal, len(self.ranks))
+        # Known before the first micro-batch, so every micro-batch's loss is its exact share of the step's.
+        denominator = loss_denominator(self.cfg.loss_agg, max(1, batch.num_tokens), len(batch), self.cfg.loss_agg_norm)
         refs = [
-            r.train_step.remote(batch.rows(rows), batch.num_tokens, len(signal))
+            r.train_step.remote(batch.rows(rows), denominator, len(signal))
             for r, rows in zip(self.ranks, shards, strict=True)
         ]
         results = self._gather(refs, "train_step")
