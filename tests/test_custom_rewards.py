@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -122,6 +123,19 @@ def _ray_start(*args: str, env: dict[str, str]) -> subprocess.Popen:
     )
 
 
+def _wait_for_nodes(address: str, count: int, env: dict[str, str]) -> None:
+    """Poll `ray status` until the cluster at `address` has `count` live nodes (a node takes seconds to join)."""
+    status = None
+    for _ in range(60):
+        status = subprocess.run(
+            [str(VENV_BIN / "ray"), "status", f"--address={address}"], env=env, capture_output=True, text=True
+        )
+        if status.returncode == 0 and status.stdout.count(" node_") >= count:
+            return
+        time.sleep(1)
+    raise AssertionError(f"{count} nodes did not come up: {status.stdout if status else ''}")
+
+
 def test_custom_rewards_on_a_two_node_cluster(
     user_rewards: tuple[Path, Path], tiny_model_dir: Path, tmp_path: Path
 ) -> None:
@@ -150,16 +164,7 @@ def test_custom_rewards_on_a_two_node_cluster(
     nodes = [head]
     try:
         address = f"127.0.0.1:{gcs}"
-        probe = subprocess.run(
-            [str(VENV_BIN / "ray"), "status", f"--address={address}"], env=env, capture_output=True, timeout=120
-        )
-        for _ in range(60):  # the head takes a few seconds to accept a second node
-            if probe.returncode == 0:
-                break
-            probe = subprocess.run(
-                [str(VENV_BIN / "ray"), "status", f"--address={address}"], env=env, capture_output=True, timeout=60
-            )
-        assert probe.returncode == 0, probe.stderr
+        _wait_for_nodes(address, 1, env)
         nodes.append(
             _ray_start(
                 f"--address={address}",
@@ -168,6 +173,7 @@ def test_custom_rewards_on_a_two_node_cluster(
                 env=env,
             )
         )
+        _wait_for_nodes(address, 2, env)
         run_dir = tmp_path / "run"
         functions = f"correctness,myrewards:length_reward,{vowels}:vowel_share"
         overrides = tiny_run_overrides(
@@ -182,12 +188,6 @@ def test_custom_rewards_on_a_two_node_cluster(
         )
         # The user's module is importable by the driver through PYTHONPATH only, as for a user.
         driver_env = {**env, "RAY_ADDRESS": address, "PYTHONPATH": str(module_dir)}
-        for _ in range(60):  # wait until both raylets are up
-            status = subprocess.run(
-                [str(VENV_BIN / "ray"), "status", f"--address={address}"], env=env, capture_output=True, text=True
-            )
-            if status.stdout.count("node_") >= 2:
-                break
         proc = subprocess.run(
             launch_command(overrides), cwd=REPO_ROOT, env=driver_env, capture_output=True, text=True, timeout=600
         )
