@@ -250,14 +250,31 @@ class LearnerRank:
         self._sync_group = create_sync_group(host, port, 0, world_size)
 
     def broadcast_weights(self) -> str:
-        """Collective over learner ranks: gather, then rank 0 broadcasts in buckets; returns the checksum there."""
+        """Collective over learner ranks: gather, then rank 0 broadcasts in buckets; returns the checksum there.
+
+        Rank 0 keeps what it sent (`publish_pushed`). If a member dies mid-broadcast, rank 0 aborts the group, so
+        the other members fail at once instead of blocking until gloo's timeout.
+        """
         from learner.sync import broadcast_weights
 
         state = self.full_state()
         if self.rank != 0:
             return ""
-        broadcast_weights(self._sync_group, state.items(), self.sync_dtype, tie_word_embeddings=self.tied)
+        self._pushed = state
+        try:
+            broadcast_weights(self._sync_group, state.items(), self.sync_dtype, tie_word_embeddings=self.tied)
+        except RuntimeError:
+            self._sync_group.abort()
+            raise
         return weight_checksum(state.items(), self.sync_dtype)
+
+    def publish_pushed(self) -> tuple[list, str]:
+        """Rank 0 only: the weights of the last `broadcast_weights`, put in the object store, and their checksum
+        (for an engine that must catch up with the version the others hold, while this rank may be further on)."""
+        import ray
+
+        ref = ray.put([(name, to_wire(tensor)) for name, tensor in self._pushed.items()])
+        return [ref], weight_checksum(self._pushed.items(), self.sync_dtype)
 
     def sync_endpoint(self) -> tuple[str, int]:
         """Where this rank can host a rendezvous: its node's address and a free port there."""
