@@ -7,6 +7,7 @@ is collective: the driver calls it on all ranks at once.
 
 from __future__ import annotations
 
+import gc
 import math
 import os
 import shutil
@@ -252,8 +253,9 @@ class LearnerRank:
     def broadcast_weights(self) -> str:
         """Collective over learner ranks: gather, then rank 0 broadcasts in buckets; returns the checksum there.
 
-        Rank 0 keeps what it sent (`publish_pushed`). If a member dies mid-broadcast, rank 0 aborts the group, so
-        the other members fail at once instead of blocking until gloo's timeout.
+        Rank 0 keeps what it sent (`publish_pushed`). If a member dies mid-broadcast, rank 0 frees the group, which
+        closes its connections, so the other members fail at once instead of blocking until gloo's timeout (the
+        group's `abort()` and `shutdown()` did not unblock them; measured with torch 2.13's gloo).
         """
         from learner.sync import broadcast_weights
 
@@ -261,11 +263,15 @@ class LearnerRank:
         if self.rank != 0:
             return ""
         self._pushed = state
+        failure = ""
         try:
             broadcast_weights(self._sync_group, state.items(), self.sync_dtype, tie_word_embeddings=self.tied)
-        except RuntimeError:
-            self._sync_group.abort()
-            raise
+        except RuntimeError as err:
+            failure = str(err)  # not the error itself: its traceback's frames would keep the group alive
+        if failure:
+            self._sync_group = None
+            gc.collect()
+            raise RuntimeError(f"weight broadcast broken (a member of the sync group left): {failure}")
         return weight_checksum(state.items(), self.sync_dtype)
 
     def publish_pushed(self) -> tuple[list, str]:
