@@ -184,6 +184,16 @@ OVERRIDE_ERRORS = [
         ["learner.max_tokens_per_micro_batch=0"], "learner.max_tokens_per_micro_batch", "0", id="zero-token-budget"
     ),
     pytest.param(["data.source=./no_such_data_folder"], "data.source", "'./no_such_data_folder'", id="missing-data"),
+    pytest.param(
+        ["rollout.num_workers=2", "rollout.max_workers=1"], "rollout.max_workers", "1", id="max-workers-below-num"
+    ),
+    pytest.param(["rollout.max_workers=9"], "rollout.max_workers", "9", id="max-workers-above-prompts"),
+    pytest.param(
+        ["sync.transport=collective", "learner.gpus_per_rank=0.5", "rollout.gpus_per_worker=0.5"],
+        "sync.transport",
+        "'collective'",
+        id="collective-on-a-shared-gpu",
+    ),
 ]
 
 
