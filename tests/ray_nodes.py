@@ -68,7 +68,7 @@ class RayCluster:
         """Start one more node (raylet, object store) joining the head; returns once Ray counts it."""
         before = self._alive_nodes()
         node = self._start([f"--address={self.address}"], cpus, resources)
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 300  # a loaded 2-core host took over 120 s once
         while self._alive_nodes() <= before:
             assert time.monotonic() < deadline, "the new node never joined the cluster"
             time.sleep(1)
