@@ -60,14 +60,15 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5, help="syncs per transport (the first includes warm-up)")
     args = parser.parse_args()
 
-    import ray
-
     from tests.ray_nodes import RayCluster, ray_env
+
+    os.environ.update(ray_env())  # token authentication on before Ray is imported: it reads the mode once
+    import ray
 
     with RayCluster(head_cpus=2, head_resources={"learner_node": 1}) as cluster:
         cluster.add_node(cpus=1, resources={"rollout_node": 1})
         cluster.add_node(cpus=1, resources={"rollout_node": 1})
-        os.environ.update({**ray_env(), "RAY_ADDRESS": cluster.address})
+        os.environ["RAY_ADDRESS"] = cluster.address
         ray.init(runtime_env={"env_vars": {"PYTHONPATH": str(REPO_ROOT), "TOKENIZERS_PARALLELISM": "false"}})
         try:
             rows = {transport: time_syncs(transport, args) for transport in ("object_store", "collective")}
