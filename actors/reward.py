@@ -315,12 +315,14 @@ class _RewardWorkerShell(RewardScorer):
         return process_tree_rss_mb()
 
 
-def create_reward_workers(specs: Sequence[str], timeout_s: float, count: int) -> list[Any]:
-    """Start `count` reward actors and wait until each has its scoring child running."""
+def create_reward_workers(specs: Sequence[str], timeout_s: float, count: int, resource: str = "") -> list[Any]:
+    """Start `count` reward actors and wait until each has its scoring child running (on nodes offering the
+    custom Ray resource `resource`, if one is named)."""
     import ray
 
     actor_cls = ray.remote(num_cpus=1)(_RewardWorkerShell)
-    workers = [actor_cls.remote([worker_spec(s) for s in specs], timeout_s) for _ in range(count)]
+    options = {"resources": {resource: 0.001}} if resource else {}
+    workers = [actor_cls.options(**options).remote([worker_spec(s) for s in specs], timeout_s) for _ in range(count)]
     ray.get([worker.health.remote() for worker in workers])
     return workers
 

@@ -103,6 +103,12 @@ class RolloutConfig:
     """Share of GPU memory per engine (GPU only)."""
     gpus_per_worker: float = 0.0
     """GPUs each rollout actor asks Ray for (0 on CPU; a fraction shares a GPU with the learner)."""
+    max_workers: int = 0
+    """Most rollout engines at once; above num_workers the pool is elastic: engines are added at step boundaries
+    while the cluster has room, and the run goes on with fewer (down to 1) when engines are lost. 0: num_workers."""
+    resource: str = ""
+    """A custom Ray node resource each engine asks 0.001 of (e.g. `rollout_node`), to keep engines on the nodes
+    that offer it; empty: any node."""
 
     def __post_init__(self) -> None:
         _require(self.num_workers >= 1, "rollout.num_workers", self.num_workers, "must be >= 1")
@@ -129,6 +135,12 @@ class RolloutConfig:
             self.dtype,
             "must be bfloat16, float16 or float32",
         )
+        _require(
+            self.max_workers == 0 or self.max_workers >= self.num_workers,
+            "rollout.max_workers",
+            self.max_workers,
+            f"must be 0 (= rollout.num_workers) or >= rollout.num_workers={self.num_workers}",
+        )
         _require(self.kv_cache_gib > 0, "rollout.kv_cache_gib", self.kv_cache_gib, "must be > 0")
         _require(
             0 < self.gpu_memory_utilization <= 1,
@@ -136,6 +148,15 @@ class RolloutConfig:
             self.gpu_memory_utilization,
             "must be in (0, 1]",
         )
+
+    @property
+    def most_workers(self) -> int:
+        """The elastic pool's upper bound (num_workers when the pool is fixed)."""
+        return self.max_workers or self.num_workers
+
+    @property
+    def elastic(self) -> bool:
+        return self.most_workers > self.num_workers
 
 
 @dataclass(frozen=True)
@@ -151,6 +172,9 @@ class RewardConfig:
     @property
     def specs(self) -> list[str]:
         return [s.strip() for s in self.functions.split(",") if s.strip()]
+
+    resource: str = ""
+    """A custom Ray node resource each reward actor asks 0.001 of; empty: any node."""
 
     def __post_init__(self) -> None:
         _require(self.num_workers >= 1, "reward.num_workers", self.num_workers, "must be >= 1")
@@ -209,6 +233,8 @@ class LearnerConfig:
     weight_decay: float = 0.0
     gpus_per_rank: float = 0.0
     """GPUs each learner rank asks Ray for (0 on CPU)."""
+    resource: str = ""
+    """A custom Ray node resource each rank's placement-group bundle asks 0.001 of; empty: any node."""
     param_dtype: str = "bfloat16"
     """FSDP2 compute dtype: `bfloat16` is mixed precision (fp32 master weights, AdamW state and gradient
     reductions; bf16 matmuls), `float32` computes in fp32."""
@@ -344,6 +370,22 @@ class Config:
             object.__setattr__(
                 self, "learner", dataclasses.replace(self.learner, loss_agg_norm=self.rollout.max_tokens)
             )
+        _require(
+            self.rollout.most_workers <= self.data.prompts_per_step,
+            "rollout.max_workers",
+            self.rollout.max_workers,
+            f"more rollout workers than data.prompts_per_step={self.data.prompts_per_step} leaves some idle",
+        )
+        shares_gpu = 0 < self.learner.gpus_per_rank and 0 < self.rollout.gpus_per_worker
+        shares_gpu = shares_gpu and self.learner.gpus_per_rank + self.rollout.gpus_per_worker <= 1
+        _require(
+            not (self.sync.transport == "collective" and shares_gpu),
+            "sync.transport",
+            self.sync.transport,
+            f"learner.gpus_per_rank={self.learner.gpus_per_rank} and rollout.gpus_per_worker="
+            f"{self.rollout.gpus_per_worker} let a learner rank and an engine share one GPU, where a collective "
+            "group cannot put two ranks (NCCL refuses two ranks on one device); use object_store",
+        )
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         return dataclasses.asdict(self)

@@ -212,6 +212,9 @@ class TrainingLoop:
                     probe_mismatch = self.workers.sync_weights(version=step)
                 else:
                     self.workers.advance_version(step)
+            # Engines lost with their node leave, engines join where the cluster has room (up to
+            # rollout.max_workers); a newcomer gets the engines' version first, before the next rollout launches.
+            rollout_workers = self.workers.rescale()
         # The driver alone: its children are the local Ray cluster's own processes.
         memory = {"memory/driver_rss_mb": process_tree_rss_mb(include_children=False), **self.workers.memory()}
         record, rollout_lines = build_step_records(
@@ -221,6 +224,7 @@ class TrainingLoop:
                 **train_metrics,
                 "sync/pushed": float(train_metrics["train/updates"] > 0),
                 "sync/probe_mismatch": probe_mismatch,
+                "rollout/workers": float(rollout_workers),
                 **self.workers.faults,
                 **memory,
             },

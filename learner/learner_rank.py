@@ -7,6 +7,7 @@ is collective: the driver calls it on all ranks at once.
 
 from __future__ import annotations
 
+import gc
 import math
 import os
 import shutil
@@ -318,14 +319,36 @@ class LearnerRank:
         self._sync_group = create_sync_group(host, port, 0, world_size)
 
     def broadcast_weights(self) -> str:
-        """Collective over learner ranks: gather, then rank 0 broadcasts in buckets; returns the checksum there."""
+        """Collective over learner ranks: gather, then rank 0 broadcasts in buckets; returns the checksum there.
+
+        Rank 0 keeps what it sent (`publish_pushed`). If a member dies mid-broadcast, rank 0 frees the group, which
+        closes its connections, so the other members fail at once instead of blocking until gloo's timeout (the
+        group's `abort()` and `shutdown()` did not unblock them; measured with torch 2.13's gloo).
+        """
         from learner.sync import broadcast_weights
 
         state = self.full_state()
         if self.rank != 0:
             return ""
-        broadcast_weights(self._sync_group, state.items(), self.sync_dtype, tie_word_embeddings=self.tied)
+        self._pushed = state
+        failure = ""
+        try:
+            broadcast_weights(self._sync_group, state.items(), self.sync_dtype, tie_word_embeddings=self.tied)
+        except RuntimeError as err:
+            failure = str(err)  # not the error itself: its traceback's frames would keep the group alive
+        if failure:
+            self._sync_group = None
+            gc.collect()
+            raise RuntimeError(f"weight broadcast broken (a member of the sync group left): {failure}")
         return weight_checksum(state.items(), self.sync_dtype)
+
+    def publish_pushed(self) -> tuple[list, str]:
+        """Rank 0 only: the weights of the last `broadcast_weights`, put in the object store, and their checksum
+        (for an engine that must catch up with the version the others hold, while this rank may be further on)."""
+        import ray
+
+        ref = ray.put([(name, to_wire(tensor)) for name, tensor in self._pushed.items()])
+        return [ref], weight_checksum(self._pushed.items(), self.sync_dtype)
 
     def sync_endpoint(self) -> tuple[str, int]:
         """Where this rank can host a rendezvous: its node's address and a free port there."""

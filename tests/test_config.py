@@ -197,6 +197,16 @@ OVERRIDE_ERRORS = [
     pytest.param(["learner.seq_clip_eps_high=0"], "learner.seq_clip_eps_high", "0.0", id="zero-seq-clip-high"),
     pytest.param(["learner.is_correction=ois"], "learner.is_correction", "'ois'", id="bad-is-correction"),
     pytest.param(["learner.is_cap=0.5"], "learner.is_cap", "0.5", id="is-cap-below-1"),
+    pytest.param(
+        ["rollout.num_workers=2", "rollout.max_workers=1"], "rollout.max_workers", "1", id="max-workers-below-num"
+    ),
+    pytest.param(["rollout.max_workers=9"], "rollout.max_workers", "9", id="max-workers-above-prompts"),
+    pytest.param(
+        ["sync.transport=collective", "learner.gpus_per_rank=0.5", "rollout.gpus_per_worker=0.5"],
+        "sync.transport",
+        "'collective'",
+        id="collective-on-a-shared-gpu",
+    ),
 ]
 
 
