@@ -90,12 +90,14 @@ class Workers:
         probe_prompt = probe_prompt_ids(model_dir, cfg.data.response_prefix)
         return cls(cfg, model_dir, rollout, reward, learner, probe_prompt, cores)
 
-    def generate(self, prompts: list[str], seed: int, step: int, first_index: int = 0) -> list[Completion]:
-        """n completions per prompt; the prompts are the step's prompts `first_index`, `first_index + 1`, ... (their
-        sampling seeds and `prompt_index`)."""
+    def generate(
+        self, prompts: list[str], seed: int, step: int, first_index: int = 0, n: int | None = None
+    ) -> list[Completion]:
+        """n (default rollout.n) completions per prompt; the prompts are the step's prompts `first_index`,
+        `first_index + 1`, ... (their sampling seeds and `prompt_index`)."""
         seeds = [request_seed(seed, step, first_index + i) for i in range(len(prompts))]
         completions = self._retrying_rollout(
-            lambda: generate_with_workers(self.rollout, prompts, seeds, self.cfg.rollout.n)
+            lambda: generate_with_workers(self.rollout, prompts, seeds, n or self.cfg.rollout.n)
         )
         return [replace(c, prompt_index=first_index + c.prompt_index) for c in completions]
 

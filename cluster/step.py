@@ -7,7 +7,9 @@ import statistics
 from typing import TYPE_CHECKING, Any
 
 from cluster.metrics import reward_metrics
+from cluster.stats import pass_at_k
 from learner.batch import TrainBatch
+from rewards.reasoning import reasoning_metrics
 from rewards.reward_functions import answers_match, extract_answer
 
 if TYPE_CHECKING:
@@ -83,6 +85,8 @@ def build_step_records(
         "throughput/tokens_per_s": tokens / timings["time/rollout"],
         "rollout/tokens_mean": statistics.fmean(line["num_tokens"] for line in lines),
         "rollout/stopped_frac": statistics.fmean(line["finish_reason"] == "stop" for line in lines),
+        # Reward hacking the rewards cannot see: empty, placeholder or copied <think> blocks (rewards/reasoning.py).
+        **reasoning_metrics([line["completion"] for line in lines], [line["question"] for line in lines], "rollout/"),
         "rollout/groups_sampled": rollout.groups_sampled,
         "rollout/groups_trained": rollout.groups_trained,
         "rollout/sampling_rounds": rollout.rounds,
@@ -102,9 +106,14 @@ def lenient_correct(completion: str, gold: str) -> bool:
     return answer is not None and any(answers_match(n, gold) for n in _NUMBER.findall(answer))
 
 
+def strict_correct(scores: dict[str, float]) -> bool:
+    """The correct answer in the exact format."""
+    return scores["correctness"] > 0 and scores["hard_format"] > 0
+
+
 def eval_record(texts: list[str], golds: list[str], scores: list[dict[str, float]]) -> dict[str, float]:
     """Greedy eval: strict = correct answer in the exact format; lenient = the gold number inside <answer>."""
-    strict = [s["correctness"] > 0 and s["hard_format"] > 0 for s in scores]
+    strict = [strict_correct(s) for s in scores]
     lenient = [lenient_correct(t, g) for t, g in zip(texts, golds, strict=True)]
     return {
         "eval/accuracy_strict": statistics.fmean(strict),
@@ -112,6 +121,15 @@ def eval_record(texts: list[str], golds: list[str], scores: list[dict[str, float
         "eval/reward_mean": statistics.fmean(s["total"] for s in scores),
         "eval/size": len(scores),
     }
+
+
+def pass_at_k_record(scores: list[dict[str, float]], k: int) -> dict[str, float]:
+    """pass@k from exactly k samples per question, `scores` in (question, sample) order: the share of questions
+    with at least one strictly correct sample (`pass_at_k(k, c, k)`), and k."""
+    if k < 1 or len(scores) % k:
+        raise ValueError(f"{len(scores)} scores are not k={k} samples per question")
+    correct = [sum(strict_correct(s) for s in scores[i : i + k]) for i in range(0, len(scores), k)]
+    return {"eval/pass_at_k": statistics.fmean(pass_at_k(k, c, k) for c in correct), "eval/pass_k": k}
 
 
 def format_samples(step: int, problem: Problem, lines: list[dict[str, Any]]) -> str:
