@@ -6,10 +6,26 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
+from cluster.step import pass_at_k_record
 from rewards.reasoning import reasoning_metrics
 from tests.conftest import run_launch, tiny_run_overrides
 
 EVAL_SIZE, FINAL_EVAL_SIZE, PASS_K = 4, 6, 2
+
+STRICT = {"correctness": 2.0, "digit": 0.5, "hard_format": 0.5, "mark": 0.5, "total": 3.5}
+LOOSE = {"correctness": 2.0, "digit": 0.5, "hard_format": 0.0, "mark": 0.25, "total": 2.75}  # right, wrong format
+WRONG = {"correctness": 0.0, "digit": 0.5, "hard_format": 0.5, "mark": 0.5, "total": 1.5}
+
+
+def test_pass_at_k_counts_questions_with_a_strictly_correct_sample() -> None:
+    # k = 2, three questions: one strict answer; none; a loose and a strict one -> 2 of 3 questions pass.
+    record = pass_at_k_record([STRICT, WRONG, WRONG, WRONG, LOOSE, STRICT], k=2)
+    assert record == {"eval/pass_at_k": pytest.approx(2 / 3), "eval/pass_k": 2}
+    assert pass_at_k_record([LOOSE, WRONG], k=2)["eval/pass_at_k"] == 0.0  # the format counts, as in accuracy_strict
+    with pytest.raises(ValueError, match="not k=2 samples per question"):
+        pass_at_k_record([STRICT, WRONG, STRICT], k=2)
 
 
 def test_subset_every_step_final_set_and_pass_at_k_at_the_ends(tiny_model_dir: Path, tmp_path: Path) -> None:
