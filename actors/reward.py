@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import importlib
 import logging
 import math
 import multiprocessing
@@ -39,8 +38,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from actors.resources import process_tree_rss_mb
+from actors.reward_specs import resolve_reward_functions, worker_spec
 from actors.split import split_evenly
-from rewards.reward_functions import REWARD_FUNCTIONS, RewardFunction
 
 logger = logging.getLogger(__name__)
 
@@ -52,39 +51,6 @@ _PENDING, _OK, _ERROR, _TIMEOUT = 0, 1, 2, 3
 _MAX_ERROR_MESSAGES = 5
 # Spawning re-imports the parent's main module, which in a Ray worker can be slow.
 _STARTUP_TIMEOUT_S = 120.0
-
-
-def resolve_reward_functions(specs: Sequence[str]) -> dict[str, RewardFunction]:
-    """Map each spec (a built-in name or ``package.module:function``) to its name and function.
-
-    The name of an import path is the part after the colon. Raises ValueError naming the spec for an
-    unknown name, a failing import, a duplicate name or the reserved name ``total``.
-    """
-    if not specs:
-        raise ValueError("no reward functions given")
-    functions: dict[str, RewardFunction] = {}
-    for spec in specs:
-        module_name, colon, name = spec.partition(":")
-        if not colon:
-            if spec not in REWARD_FUNCTIONS:
-                raise ValueError(
-                    f"unknown reward function {spec!r}: expected one of {sorted(REWARD_FUNCTIONS)} "
-                    "or an import path 'package.module:function'"
-                )
-            name, fn = spec, REWARD_FUNCTIONS[spec]
-        else:
-            try:
-                fn = getattr(importlib.import_module(module_name), name, None)
-            except Exception as exc:  # an empty module name is a ValueError here too
-                raise ValueError(f"reward function {spec!r}: cannot import {module_name!r}: {exc!r}") from exc
-            if not callable(fn):
-                raise ValueError(f"reward function {spec!r}: {module_name!r} has no callable {name!r}")
-        if name == "total":
-            raise ValueError(f"reward function {spec!r}: the name 'total' is reserved for the sum")
-        if name in functions:
-            raise ValueError(f"reward function {spec!r}: a function named {name!r} is already given")
-        functions[name] = fn
-    return functions
 
 
 @dataclass
@@ -349,12 +315,14 @@ class _RewardWorkerShell(RewardScorer):
         return process_tree_rss_mb()
 
 
-def create_reward_workers(specs: Sequence[str], timeout_s: float, count: int) -> list[Any]:
-    """Start `count` reward actors and wait until each has its scoring child running."""
+def create_reward_workers(specs: Sequence[str], timeout_s: float, count: int, resource: str = "") -> list[Any]:
+    """Start `count` reward actors and wait until each has its scoring child running (on nodes offering the
+    custom Ray resource `resource`, if one is named)."""
     import ray
 
     actor_cls = ray.remote(num_cpus=1)(_RewardWorkerShell)
-    workers = [actor_cls.remote(list(specs), timeout_s) for _ in range(count)]
+    options = {"resources": {resource: 0.001}} if resource else {}
+    workers = [actor_cls.options(**options).remote([worker_spec(s) for s in specs], timeout_s) for _ in range(count)]
     ray.get([worker.health.remote() for worker in workers])
     return workers
 

@@ -48,6 +48,9 @@ STOP_STRING = "</answer>"
 CORRUPT_ENGINE_ENV = "GRPO_TEST_CORRUPT_ENGINE"
 # The corrupted head is the loaded one times this: logits x4, i.e. sampling at a quarter of the temperature.
 CORRUPT_HEAD_SCALE = 4.0
+# Test-only fault injection, "<worker index>:<version>": that engine's process dies when it starts loading that
+# version, in the middle of a sync (object store: the weights are fetched; collective: the broadcast is under way).
+DIE_IN_SYNC_ENV = "GRPO_TEST_DIE_IN_SYNC"
 
 
 @dataclass(frozen=True)
@@ -132,7 +135,8 @@ class RolloutEngine:
         self.tied = bool(json.loads((Path(model_dir) / "config.json").read_text()).get("tie_word_embeddings"))
         self.policy_version = 0
         self._checksum = self._checksum_from_disk(model_dir)
-        self._corrupt_at_version = _corrupt_version(os.environ.get(CORRUPT_ENGINE_ENV, ""), worker_index)
+        self._corrupt_at_version = _hook_version(os.environ.get(CORRUPT_ENGINE_ENV, ""), worker_index)
+        self._die_at_version = _hook_version(os.environ.get(DIE_IN_SYNC_ENV, ""), worker_index)
 
     def _checksum_from_disk(self, model_dir: str) -> str:
         """Checksum of the initial weights (version 0), read from the folder the engine loaded."""
@@ -207,6 +211,8 @@ class RolloutEngine:
         vLLM's `reload_weights` must see the whole model at once (per-bucket calls left it broken, STACK.md),
         so `named_tensors` may be a generator that streams buckets. Returns the checksum of what was loaded.
         """
+        if version == self._die_at_version:  # test-only fault injection
+            os._exit(1)
         received: list[Fingerprint] = []
 
         def recording(items: Iterable[tuple[str, torch.Tensor]]) -> Iterable[tuple[str, torch.Tensor]]:
@@ -304,12 +310,22 @@ def _scale_lm_head(worker: Any, factor: float) -> None:
     head.quant_method.process_weights_after_loading(head)
 
 
-def _corrupt_version(hook: str, worker_index: int) -> int | None:
-    """The version after whose load this engine corrupts itself, from `GRPO_TEST_CORRUPT_ENGINE`; None: never."""
+def _hook_version(hook: str, worker_index: int) -> int | None:
+    """The version a test-only hook ("<worker index>:<version>") fires at for this engine; None: never."""
     if not hook:
         return None
     index, _, version = hook.partition(":")
     return int(version) if int(index) == worker_index else None
+
+
+def engine_bundle(cfg: RolloutConfig) -> dict[str, float]:
+    """What one engine asks Ray for: its cores, its GPU share, and the node resource that pins it."""
+    bundle = {"CPU": float(engine_cpus(cfg))}
+    if cfg.gpus_per_worker:
+        bundle["GPU"] = cfg.gpus_per_worker
+    if cfg.resource:
+        bundle[cfg.resource] = 0.001
+    return bundle
 
 
 def create_rollout_workers(
@@ -317,24 +333,33 @@ def create_rollout_workers(
     model_dir: str,
     seed: int,
     count: int,
-    num_gpus: float = 0,
     first_index: int = 0,
+    placements: list | None = None,
     cores: CorePlan | None = None,
 ) -> list:
     """Start `count` rollout actors, each with its own engine, and wait until every engine is up.
 
-    The engines are rollout workers `first_index`, `first_index + 1`, ... of the run; with a core plan each is
-    pinned to its share of the cores.
+    The engines are rollout workers `first_index`, `first_index + 1`, ... of the run. `placements`: one placement
+    group per engine, each holding one `engine_bundle` (None: Ray places them, with the same request). With a core
+    plan each engine is pinned to its share of the cores.
     """
     import ray
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+    bundle = engine_bundle(cfg)
+    custom = {k: v for k, v in bundle.items() if k not in ("CPU", "GPU")}
     actor_cls = ray.remote(RolloutEngine)
     workers = []
-    for index in range(first_index, first_index + count):
-        own = cores.engine_cores(index) if cores else None
-        env = {"env_vars": engine_env(cfg, own)}
-        actor = actor_cls.options(num_cpus=engine_cpus(cfg), num_gpus=num_gpus, runtime_env=env)
-        workers.append(actor.remote(model_dir, cfg, seed, index, own))
+    for offset in range(count):
+        own = cores.engine_cores(first_index + offset) if cores else None
+        actor = actor_cls.options(
+            num_cpus=bundle["CPU"],
+            num_gpus=cfg.gpus_per_worker,
+            resources=custom if placements is None else {},  # inside a placement group, its bundle holds them
+            scheduling_strategy=None if placements is None else PlacementGroupSchedulingStrategy(placements[offset]),
+            runtime_env={"env_vars": engine_env(cfg, own)},
+        )
+        workers.append(actor.remote(model_dir, cfg, seed, first_index + offset, own))
     ray.get([worker.health.remote() for worker in workers])
     return workers
 

@@ -33,14 +33,14 @@ PHASES = ("time/step", "time/rollout", "time/reward", "time/train", "time/sync")
 # Logged per step since issue 15 (rewards/reasoning.py); older runs' records lack them.
 REASONING = ("rollout/trivial_think_frac", "rollout/think_words_mean")
 # Proportions of the eval questions: reported with Wilson intervals (`<prefix>/size` questions each).
-PROPORTIONS = ("accuracy_strict", "accuracy_lenient", "pass_at_k")
+PROPORTIONS = ("accuracy_strict", "accuracy_lenient", "pass_at_k", "pass_at_k_lenient")
 
 
 def read_metrics(path: Path, window: int = WINDOW) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(training-step records in step order, eval records in step order); at least 2 x `window` steps."""
     records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     steps = sorted((r for r in records if "rewards/mean" in r), key=lambda r: r["step"])
-    evals = sorted((r for r in records if "eval/accuracy_strict" in r), key=lambda r: r["step"])
+    evals = sorted((r for r in records if "eval/size" in r), key=lambda r: r["step"])
     if len(steps) < 2 * window:
         raise SystemExit(f"{path}: {len(steps)} training steps; the summary compares the first and last {WINDOW}")
     return steps, evals
@@ -96,7 +96,7 @@ def eval_lines(evals: list[dict[str, Any]], prefix: str) -> list[str]:
     for name in (n for n in PROPORTIONS if f"{prefix}/{n}" in before):
         first, last = proportion(before, prefix, name), proportion(after, prefix, name)
         overlap = "yes" if first[1] <= last[2] and last[1] <= first[2] else "no"
-        label = f"`{prefix}/{name}`" + (f" (k = {before[f'{prefix}/pass_k']})" if name == "pass_at_k" else "")
+        label = f"`{prefix}/{name}`" + (f" (k = {before[f'{prefix}/pass_k']})" if name.startswith("pass") else "")
         out.append(f"| {label} | {_share(first)} | {_share(last)} | {overlap} |")
     for name in ("reward_mean", "trivial_think_frac", "think_words_mean"):
         if f"{prefix}/{name}" in before:
@@ -126,12 +126,10 @@ def markdown(path: Path) -> str:
         ]
     out += eval_lines(evals, "eval_final") + eval_lines(evals, "eval")
     if len(evals) > 2:
-        out += ["", "| eval step | `eval/accuracy_strict` | `eval/accuracy_lenient` |", "|---|---|---|"]
-        out += [
-            f"| {r['step']} | {_share(proportion(r, 'eval', 'accuracy_strict'))} | "
-            f"{_share(proportion(r, 'eval', 'accuracy_lenient'))} |"
-            for r in evals
-        ]
+        # strict accuracy needs the built-in correctness and hard_format rewards
+        names = [name for name in ("accuracy_strict", "accuracy_lenient") if f"eval/{name}" in evals[0]]
+        out += ["", "| eval step | " + " | ".join(f"`eval/{n}`" for n in names) + " |", "|---" * (len(names) + 1) + "|"]
+        out += [f"| {r['step']} | " + " | ".join(_share(proportion(r, "eval", n)) for n in names) + " |" for r in evals]
     out += ["", "| step time, median over all steps | seconds |", "|---|---|"]
     out += [f"| `{name}` | {statistics.median(r[name] for r in steps):.1f} |" for name in PHASES]
     restarts = {k: v for k, v in steps[-1].items() if k.startswith("faults/") and v}

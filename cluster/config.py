@@ -17,6 +17,13 @@ from typing import Any
 
 import yaml
 
+# The choices of the learner's variant keys; learner/grpo.py holds the same names (it imports torch, which a config
+# check must not wait for; tests/test_config.py checks the two agree).
+RATIO_LEVELS = ("token", "sequence")
+KL_ESTIMATORS = ("k1", "k2", "k3")
+LOSS_AGG_MODES = ("token_mean", "seq_mean_token_sum", "seq_mean_token_mean")
+IS_CORRECTIONS = ("none", "tis")
+
 
 class ConfigError(ValueError):
     """A bad config value; the message names the key and the value."""
@@ -29,6 +36,10 @@ class ConfigError(ValueError):
 def _require(ok: bool, key: str, value: object, reason: str) -> None:
     if not ok:
         raise ConfigError(key, value, reason)
+
+
+def _one_of(choices: tuple[str, ...]) -> str:
+    return f"must be one of {', '.join(choices)}"
 
 
 @dataclass(frozen=True)
@@ -92,6 +103,12 @@ class RolloutConfig:
     """Share of GPU memory per engine (GPU only)."""
     gpus_per_worker: float = 0.0
     """GPUs each rollout actor asks Ray for (0 on CPU; a fraction shares a GPU with the learner)."""
+    max_workers: int = 0
+    """Most rollout engines at once; above num_workers the pool is elastic: engines are added at step boundaries
+    while the cluster has room, and the run goes on with fewer (down to 1) when engines are lost. 0: num_workers."""
+    resource: str = ""
+    """A custom Ray node resource each engine asks 0.001 of (e.g. `rollout_node`), to keep engines on the nodes
+    that offer it; empty: any node."""
 
     def __post_init__(self) -> None:
         _require(self.num_workers >= 1, "rollout.num_workers", self.num_workers, "must be >= 1")
@@ -118,6 +135,12 @@ class RolloutConfig:
             self.dtype,
             "must be bfloat16, float16 or float32",
         )
+        _require(
+            self.max_workers == 0 or self.max_workers >= self.num_workers,
+            "rollout.max_workers",
+            self.max_workers,
+            f"must be 0 (= rollout.num_workers) or >= rollout.num_workers={self.num_workers}",
+        )
         _require(self.kv_cache_gib > 0, "rollout.kv_cache_gib", self.kv_cache_gib, "must be > 0")
         _require(
             0 < self.gpu_memory_utilization <= 1,
@@ -125,6 +148,15 @@ class RolloutConfig:
             self.gpu_memory_utilization,
             "must be in (0, 1]",
         )
+
+    @property
+    def most_workers(self) -> int:
+        """The elastic pool's upper bound (num_workers when the pool is fixed)."""
+        return self.max_workers or self.num_workers
+
+    @property
+    def elastic(self) -> bool:
+        return self.most_workers > self.num_workers
 
 
 @dataclass(frozen=True)
@@ -134,12 +166,27 @@ class RewardConfig:
     timeout_s: float = 5.0
     """Time bound per completion; a reward function past it scores 0 and is counted."""
     functions: str = "correctness,digit,hard_format,mark"
-    """Comma-separated reward functions: built-in names or `package.module:function` import paths."""
+    """Comma-separated reward functions: built-in names, `package.module:function` import paths (importable here)
+    or `path/to/file.py:function`; custom ones are shipped to the reward workers on every node."""
+
+    @property
+    def specs(self) -> list[str]:
+        return [s.strip() for s in self.functions.split(",") if s.strip()]
+
+    resource: str = ""
+    """A custom Ray node resource each reward actor asks 0.001 of; empty: any node."""
 
     def __post_init__(self) -> None:
         _require(self.num_workers >= 1, "reward.num_workers", self.num_workers, "must be >= 1")
         _require(self.timeout_s > 0, "reward.timeout_s", self.timeout_s, "must be > 0")
         _require(bool(self.functions.strip(", ")), "reward.functions", self.functions, "name at least one function")
+        # Import each custom function here, in the driver, so that a typo is exit 2 before any actor starts.
+        from actors.reward_specs import resolve_reward_functions
+
+        try:
+            resolve_reward_functions(self.specs)
+        except ValueError as err:
+            raise ConfigError("reward.functions", self.functions, str(err)) from None
 
 
 @dataclass(frozen=True)
@@ -148,8 +195,30 @@ class LearnerConfig:
     """L: FSDP2 ranks, one Ray actor each."""
     lr: float = 1e-6
     clip_eps: float = 0.2
+    """PPO clip range below 1 (and above 1 unless `clip_eps_high` is set) of the token ratio."""
+    clip_eps_high: float = 0.0
+    """Clip range above 1 of the token ratio (DAPO's clip-higher, e.g. 0.28); 0: equal to `clip_eps`."""
+    ratio_level: str = "token"
+    """`token` (PPO/GRPO) or `sequence` (GSPO: every token uses its completion's geometric-mean ratio)."""
+    seq_clip_eps: float = 3e-4
+    """GSPO: clip range below 1 of the sequence ratio (used with `ratio_level: sequence`)."""
+    seq_clip_eps_high: float = 4e-4
+    """GSPO: clip range above 1 of the sequence ratio (used with `ratio_level: sequence`)."""
     kl_coef: float = 0.0
-    """Weight of the k3 KL to the initial policy; 0 turns it (and the reference model) off."""
+    """Weight of the per-token KL to the initial policy; 0 turns it (and the reference model) off."""
+    kl_estimator: str = "k3"
+    """`k1` (log ratio), `k2` (squared log ratio / 2) or `k3` (verl's low_var_kl, DeepSeekMath's GRPO term)."""
+    loss_agg: str = "token_mean"
+    """`token_mean` (every token of the step equal), `seq_mean_token_sum` (Dr. GRPO: token sums / `loss_agg_norm`,
+    mean over completions) or `seq_mean_token_mean` (GRPO paper: mean over completions of their token-mean)."""
+    loss_agg_norm: int = 0
+    """Dr. GRPO's fixed per-completion divisor of `seq_mean_token_sum`; 0: `rollout.max_tokens`."""
+    advantage_std: bool = True
+    """Divide the group-centred rewards by the group std (GRPO); false: Dr. GRPO's plain `r - mean`."""
+    is_correction: str = "tis"
+    """`tis`: multiply each token's policy term by min(exp(old - engine logprob), `is_cap`); `none`: do not."""
+    is_cap: float = 2.0
+    """C, the cap of the truncated importance weight (>= 1)."""
     ppo_epochs: int = 1
     max_tokens_per_micro_batch: int = 4096
     """Padded tokens per micro-batch (rows x longest row); the loss is normalised by the step's global token count
@@ -157,13 +226,15 @@ class LearnerConfig:
     shared_prompt: bool = True
     """Run each group's prompt once, its n completions attending to it (same result as the plain batch)."""
     skip_zero_advantage: bool = True
-    """Do not forward rows whose advantage is exactly 0 (they add nothing to the update without a KL term)."""
+    """Do not forward rows whose advantage is exactly 0 (they add nothing to the update); off when `kl_coef` > 0."""
     activation_checkpointing: bool = False
     """Recompute each decoder layer in the backward pass instead of keeping its activations."""
     max_grad_norm: float = 1.0
     weight_decay: float = 0.0
     gpus_per_rank: float = 0.0
     """GPUs each learner rank asks Ray for (0 on CPU)."""
+    resource: str = ""
+    """A custom Ray node resource each rank's placement-group bundle asks 0.001 of; empty: any node."""
     param_dtype: str = "bfloat16"
     """FSDP2 compute dtype: `bfloat16` is mixed precision (fp32 master weights, AdamW state and gradient
     reductions; bf16 matmuls), `float32` computes in fp32."""
@@ -172,7 +243,22 @@ class LearnerConfig:
         _require(self.num_ranks >= 1, "learner.num_ranks", self.num_ranks, "must be >= 1")
         _require(self.lr > 0, "learner.lr", self.lr, "must be > 0")
         _require(0 < self.clip_eps < 1, "learner.clip_eps", self.clip_eps, "must be in (0, 1)")
+        if self.clip_eps_high == 0:  # resolved here, so the run's config.yaml holds the value used
+            object.__setattr__(self, "clip_eps_high", self.clip_eps)
+        _require(self.clip_eps_high > 0, "learner.clip_eps_high", self.clip_eps_high, "must be > 0 (0: clip_eps)")
+        _require(self.ratio_level in RATIO_LEVELS, "learner.ratio_level", self.ratio_level, _one_of(RATIO_LEVELS))
+        _require(0 < self.seq_clip_eps < 1, "learner.seq_clip_eps", self.seq_clip_eps, "must be in (0, 1)")
+        _require(self.seq_clip_eps_high > 0, "learner.seq_clip_eps_high", self.seq_clip_eps_high, "must be > 0")
         _require(self.kl_coef >= 0, "learner.kl_coef", self.kl_coef, "must be >= 0")
+        _require(self.kl_estimator in KL_ESTIMATORS, "learner.kl_estimator", self.kl_estimator, _one_of(KL_ESTIMATORS))
+        _require(self.loss_agg in LOSS_AGG_MODES, "learner.loss_agg", self.loss_agg, _one_of(LOSS_AGG_MODES))
+        _require(self.loss_agg_norm >= 0, "learner.loss_agg_norm", self.loss_agg_norm, "must be >= 0")
+        _require(
+            self.is_correction in IS_CORRECTIONS, "learner.is_correction", self.is_correction, _one_of(IS_CORRECTIONS)
+        )
+        _require(
+            self.is_cap >= 1, "learner.is_cap", self.is_cap, "must be >= 1 (a cap below 1 down-weights every token)"
+        )
         _require(self.ppo_epochs >= 1, "learner.ppo_epochs", self.ppo_epochs, "must be >= 1")
         _require(
             self.max_tokens_per_micro_batch >= 1,
@@ -308,12 +394,25 @@ class Config:
             self.rollout.num_workers,
             f"more rollout workers than data.prompts_per_step={self.data.prompts_per_step} leaves some idle",
         )
-
+        if self.learner.loss_agg_norm == 0:  # Dr. GRPO's constant defaults to the longest possible completion
+            object.__setattr__(
+                self, "learner", dataclasses.replace(self.learner, loss_agg_norm=self.rollout.max_tokens)
+            )
         _require(
-            self.learner.kl_coef == 0,
-            "learner.kl_coef",
-            self.learner.kl_coef,
-            "a KL penalty needs a reference model, which this trainer does not load yet; use 0",
+            self.rollout.most_workers <= self.data.prompts_per_step,
+            "rollout.max_workers",
+            self.rollout.max_workers,
+            f"more rollout workers than data.prompts_per_step={self.data.prompts_per_step} leaves some idle",
+        )
+        shares_gpu = 0 < self.learner.gpus_per_rank and 0 < self.rollout.gpus_per_worker
+        shares_gpu = shares_gpu and self.learner.gpus_per_rank + self.rollout.gpus_per_worker <= 1
+        _require(
+            not (self.sync.transport == "collective" and shares_gpu),
+            "sync.transport",
+            self.sync.transport,
+            f"learner.gpus_per_rank={self.learner.gpus_per_rank} and rollout.gpus_per_worker="
+            f"{self.rollout.gpus_per_worker} let a learner rank and an engine share one GPU, where a collective "
+            "group cannot put two ranks (NCCL refuses two ranks on one device); use object_store",
         )
 
     def to_dict(self) -> dict[str, dict[str, Any]]:

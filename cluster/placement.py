@@ -1,33 +1,40 @@
 """Placement: the R rollout, W reward and L learner actors of a run, started from config alone.
 
 The three counts are independent: adding rollout workers never touches the learner. `Workers` is the driver's
-handle on all of them: generate, score, greedy-evaluate, and push the learner's weights to every engine.
+handle on all of them: generate, score, greedy-evaluate, push the learner's weights to every engine
+(`cluster/weight_sync.py`), and, at step boundaries, grow or shrink the rollout pool (`cluster/rollout_pool.py`).
+
+Learner ranks sit in a placement group of their own (`learner/group.py`); rollout engines each in a one-bundle
+group; reward actors anywhere. `rollout.resource`, `reward.resource` and `learner.resource` pin each kind to the
+nodes that offer a custom Ray resource of that name.
 """
 
 from __future__ import annotations
 
 import statistics
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import TypeVar
 
 import ray
+from tqdm import tqdm
 
-from actors.cores import CorePlan, core_plan
+from actors.cores import core_plan
 from actors.reward import ScoredBatch, create_reward_workers, score_with_workers
-from actors.rollout import Completion, create_rollout_workers, generate_with_workers, request_seed
+from actors.rollout import Completion, generate_with_workers, request_seed
 from actors.split import split_evenly
 from cluster.config import Config
 from cluster.data import build_prompt
+from cluster.rollout_pool import Engine, RolloutPool
+from cluster.weight_sync import WeightSyncError, make_weight_sync
 from learner.batch import TrainBatch
 from learner.group import LearnerGroup
 
 T = TypeVar("T")
 
-
-class WeightSyncError(RuntimeError):
-    """A rollout engine reports weights that differ from the learner's after a sync."""
+__all__ = ["EngineMismatchError", "WeightSyncError", "Workers"]
 
 
 class EngineMismatchError(WeightSyncError):
@@ -52,18 +59,17 @@ class Workers:
         self,
         cfg: Config,
         model_dir: Path,
-        rollout: list,
+        pool: RolloutPool,
         reward: list,
         learner: LearnerGroup,
         probe_prompt: list[int],
-        cores: CorePlan | None,
     ) -> None:
-        self.cfg, self.model_dir, self.rollout, self.reward, self.learner = cfg, model_dir, rollout, reward, learner
-        self.cores = cores
+        self.cfg, self.model_dir, self.pool, self.reward, self.learner = cfg, model_dir, pool, reward, learner
         self.probe_prompt = probe_prompt
+        self.sync = make_weight_sync(cfg.sync.transport, learner)
         self.policy_version = 0
         self._syncs = 0
-        self._sync_group_open = False
+        # rollout_restarts: engines lost (and replaced where the cluster had room); reward_restarts: replaced.
         self.faults = {"faults/rollout_restarts": 0, "faults/reward_restarts": 0}
 
     @classmethod
@@ -75,26 +81,27 @@ class Workers:
             temperature=cfg.rollout.temperature,
             sync_dtype=cfg.rollout.dtype,
             seed=cfg.trainer.seed,
-            num_gpus_per_rank=cfg.learner.gpus_per_rank,
             cores=cores.learner if cores else None,
         )
-        rollout = create_rollout_workers(
-            cfg.rollout,
-            str(model_dir),
-            cfg.trainer.seed,
-            cfg.rollout.num_workers,
-            num_gpus=cfg.rollout.gpus_per_worker,
-            cores=cores,
+        pool = RolloutPool(cfg, model_dir, cores)
+        pool.engines = pool.place(cfg.rollout.num_workers, required=cfg.rollout.num_workers)
+        reward = create_reward_workers(
+            cfg.reward.specs, cfg.reward.timeout_s, cfg.reward.num_workers, resource=cfg.reward.resource
         )
-        reward = create_reward_workers(reward_specs(cfg), cfg.reward.timeout_s, cfg.reward.num_workers)
-        probe_prompt = probe_prompt_ids(model_dir, cfg.data.response_prefix)
-        return cls(cfg, model_dir, rollout, reward, learner, probe_prompt, cores)
+        return cls(cfg, model_dir, pool, reward, learner, probe_prompt_ids(model_dir, cfg.data.response_prefix))
+
+    @property
+    def rollout(self) -> list:
+        """The rollout engines' actor handles, in the order prompts are split over them."""
+        return self.pool.handles
 
     def generate(
         self, prompts: list[str], seed: int, step: int, first_index: int = 0, n: int | None = None
     ) -> list[Completion]:
-        """n (default rollout.n) completions per prompt; the prompts are the step's prompts `first_index`,
-        `first_index + 1`, ... (their sampling seeds and `prompt_index`)."""
+        """n (default rollout.n) completions per prompt on the engines present now; the prompts are the step's
+        prompts `first_index`, `first_index + 1`, ... (their sampling seeds and `prompt_index`). Called from one
+        thread at a time, possibly not the main one: only a lost engine changes the pool here, and the step boundary
+        is not running meanwhile."""
         seeds = [request_seed(seed, step, first_index + i) for i in range(len(prompts))]
         completions = self._retrying_rollout(
             lambda: generate_with_workers(self.rollout, prompts, seeds, n or self.cfg.rollout.n)
@@ -103,10 +110,11 @@ class Workers:
 
     def generate_greedy(self, prompts: list[str]) -> list[str]:
         def call() -> list[str]:
-            chunks = [c for c in split_evenly(len(prompts), len(self.rollout)) if len(c)]
+            engines = self.rollout
+            chunks = [c for c in split_evenly(len(prompts), len(engines)) if len(c)]
             calls = [
                 w.generate_greedy.remote(prompts[c.start : c.stop])
-                for w, c in zip(self.rollout[: len(chunks)], chunks, strict=True)
+                for w, c in zip(engines[: len(chunks)], chunks, strict=True)
             ]
             return [text for part in ray.get(calls) for text in part]
 
@@ -121,14 +129,17 @@ class Workers:
                     raise
                 for index in _dead(self.reward):
                     ray.kill(self.reward[index])
-                    [self.reward[index]] = create_reward_workers(reward_specs(self.cfg), self.cfg.reward.timeout_s, 1)
+                    [self.reward[index]] = create_reward_workers(
+                        self.cfg.reward.specs, self.cfg.reward.timeout_s, 1, resource=self.cfg.reward.resource
+                    )
                     self.faults["faults/reward_restarts"] += 1
         raise AssertionError("unreachable")
 
     def _retrying_rollout(self, call: Callable[[], T]) -> T:
-        """Run a rollout call; if an engine died, start a new one, give it the current weights, and redo the call.
+        """Run a rollout call; if an engine died, drop it, top the pool up (`rescale`), and redo the whole call.
 
-        Seeds are per prompt, so the redone call samples exactly what the lost one would have.
+        Seeds are per prompt, so the redone call samples what the lost one would have (exactly, for engines with
+        the same thread count); a lost engine costs the redo of the step's prompts, no more.
         """
         for attempt in range(1, MAX_ATTEMPTS + 1):
             try:
@@ -136,26 +147,65 @@ class Workers:
             except ray.exceptions.RayActorError:
                 if attempt == MAX_ATTEMPTS:
                     raise
-                self._replace_dead_rollout_workers()
+                self.rescale()
         raise AssertionError("unreachable")
 
-    def _replace_dead_rollout_workers(self) -> None:
-        dead = _dead(self.rollout)
-        for index in dead:
-            ray.kill(self.rollout[index])
-            [self.rollout[index]] = create_rollout_workers(
-                self.cfg.rollout,
-                str(self.model_dir),
-                self.cfg.trainer.seed,
-                1,
-                num_gpus=self.cfg.rollout.gpus_per_worker,
-                first_index=index,
-                cores=self.cores,
+    def rescale(self) -> int:
+        """Drop lost engines and add new ones where the cluster has room; returns the number of engines now.
+
+        Call only while no rollout is in flight (a step boundary, or a rollout call that just failed). A fixed pool
+        (`rollout.max_workers` = `num_workers`) replaces every lost engine, waiting for room; an elastic one grows
+        to `rollout.max_workers` where there is room and goes on with fewer, down to 1. Each new engine gets the
+        engines' current version (the last pushed weights) before it samples anything. Logs a line when the set
+        of engines changed.
+        """
+        with self._logging_changes():
+            self._drop([self.pool.engines[i] for i in _dead(self.rollout)])
+            self._top_up()
+        return len(self.pool.engines)
+
+    @contextmanager
+    def _logging_changes(self) -> Iterator[None]:
+        """One log line when the set of engines changed within the block."""
+        before = [e.index for e in self.pool.engines]
+        yield
+        after = [e.index for e in self.pool.engines]
+        if after != before:
+            left = sorted(set(before) - set(after))
+            joined = sorted(set(after) - set(before))
+            tqdm.write(
+                f"rollout workers: {len(before)} -> {len(after)} (lost {left or 'none'}, joined {joined or 'none'}; "
+                f"all at policy version {self.policy_version})"
             )
+
+    def _drop(self, engines: list[Engine]) -> None:
+        for engine in engines:
+            self.sync.remove_engine(engine.handle)
+            self.pool.remove(engine)
             self.faults["faults/rollout_restarts"] += 1
-        if dead and self.policy_version > 0:  # a new engine starts from the initial weights: bring it up to date
-            self._sync_group_open = False  # a collective group lost a member; build a new one over every engine
-            self.sync_weights(self.policy_version)
+
+    def _top_up(self) -> None:
+        """Engines up to `rollout.max_workers` where there is room; at least the pool's floor, waiting for room."""
+        rollout = self.cfg.rollout
+        floor = 1 if rollout.elastic else rollout.num_workers
+        for _ in range(MAX_ATTEMPTS):
+            missing = rollout.most_workers - len(self.pool.engines)
+            new = self.pool.place(missing, required=max(0, floor - len(self.pool.engines))) if missing else []
+            for engine in new:
+                if self.sync.add_engine(engine.handle, self.policy_version):
+                    self.pool.engines.append(engine)
+                else:  # lost while catching up
+                    self.pool.remove(engine)
+            if len(self.pool.engines) >= floor:
+                return
+        raise RuntimeError(f"rollout engines keep dying while they start: {len(self.pool.engines)} of {floor} left")
+
+    def _lost(self, handles: list) -> None:
+        """Engines that died during a weight sync: replaced (or, elastic, dropped) like those lost in generate."""
+        if handles:
+            with self._logging_changes():
+                self._drop([e for e in self.pool.engines if e.handle in handles])
+                self._top_up()
 
     def memory(self) -> dict[str, float]:
         """Largest resident memory per actor kind, MiB (a reward worker counts its scoring child).
@@ -172,21 +222,13 @@ class Workers:
         """Push the learner's weights into every engine, tagged with `version`; verify every engine's checksum, and
         every `sync.verify_every` syncs what the engines compute (`verify_engines`).
 
-        object_store: rank 0 gathers and `ray.put`s the weights once; every engine loads that one copy.
-        collective: rank 0 broadcasts buckets over a side gloo group (NCCL-ready layout) that engines stream in.
+        The transport (`sync.transport`, cluster/weight_sync.py) does the transfer; an engine that dies during it
+        is replaced (elastic: dropped) and its replacement loads this same version before it samples anything.
         Returns the probe's largest mean |engine - learner| logprob, NaN when the probe did not run.
         """
-        if self.cfg.sync.transport == "object_store":
-            ref, expected = self.learner.publish_weights()
-            checksums = ray.get([w.load_from_wire.remote(ref, version) for w in self.rollout])
-        else:
-            if not self._sync_group_open:
-                self.learner.open_sync_group(self.rollout)
-                self._sync_group_open = True
-            expected, checksums = self.learner.broadcast_weights(self.rollout, version)
-        if any(c != expected for c in checksums):
-            raise WeightSyncError(f"after sync v{version} engines report {checksums}, learner sent {expected}")
+        lost = self.sync.push(self.rollout, version)
         self.policy_version = version
+        self._lost(lost)
         self._syncs += 1
         every = self.cfg.sync.verify_every
         return self.verify_engines(version) if every and self._syncs % every == 0 else float("nan")
@@ -222,11 +264,13 @@ class Workers:
 
     def advance_version(self, version: int) -> None:
         """A step that changed no weight: every engine is already current, only the version number moves on."""
-        ray.get([w.set_policy_version.remote(version) for w in self.rollout])
+        lost = self.sync.advance(self.rollout, version)
         self.policy_version = version
+        self._lost(lost)
 
     def shutdown(self) -> None:
-        for handle in [*self.rollout, *self.reward]:
+        self.pool.shutdown()
+        for handle in self.reward:
             ray.kill(handle)
         self.learner.shutdown()
 
@@ -258,7 +302,3 @@ def probe_prompt_ids(model_dir: Path, response_prefix: str) -> list[int]:
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     return tokenizer(build_prompt(tokenizer, PROBE_QUESTION, response_prefix), add_special_tokens=False).input_ids
-
-
-def reward_specs(cfg: Config) -> list[str]:
-    return [s.strip() for s in cfg.reward.functions.split(",") if s.strip()]

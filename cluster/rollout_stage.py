@@ -112,7 +112,7 @@ class RolloutStage:
             rows = refill_problem_indices(len(self.train_problems), missing, cfg.trainer.seed, step, round_, taken)
         scored = merge_scored(parts)
         totals = torch.tensor([s["total"] for s in scored.scores], dtype=torch.float64)  # (groups * n,)
-        advantages = group_advantages(totals, cfg.rollout.n)  # (groups * n,)
+        advantages = group_advantages(totals, cfg.rollout.n, scale_by_std=cfg.learner.advantage_std)  # (groups * n,)
         keep = _has_spread(totals, cfg.rollout.n)  # (groups,)
         if not cfg.data.dynamic_sampling:
             keep = torch.ones_like(keep)

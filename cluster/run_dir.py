@@ -80,11 +80,12 @@ class RunDir:
         latest = self.latest_checkpoint()
         if latest is None:
             raise RunDirError(f"trainer.resume=true but trainer.run_dir={str(self.root)!r} has no complete checkpoint")
-        saved = _flatten(yaml.safe_load(self.config_path.read_text()))
+        # A key the saved config lacks came with a later version of this trainer: the old run ran at its default.
+        saved = {**_flatten(Config().to_dict()), **_flatten(yaml.safe_load(self.config_path.read_text()))}
         current = _flatten(cfg.to_dict())
-        differing = sorted(k for k in current if k not in RESUMABLE_CHANGES and saved.get(k) != current[k])
+        differing = sorted(k for k in current if k not in RESUMABLE_CHANGES and saved[k] != current[k])
         if differing and not cfg.trainer.overwrite:
-            changes = ", ".join(f"{k}: {saved.get(k)!r} -> {current[k]!r}" for k in differing)
+            changes = ", ".join(f"{k}: {saved[k]!r} -> {current[k]!r}" for k in differing)
             raise RunDirError(
                 f"trainer.run_dir={str(self.root)!r} belongs to a different config ({changes}); "
                 "refusing to mix runs (trainer.overwrite=true resumes anyway)"

@@ -112,24 +112,37 @@ def strict_correct(scores: dict[str, float]) -> bool:
 
 
 def eval_record(texts: list[str], golds: list[str], scores: list[dict[str, float]]) -> dict[str, float]:
-    """Greedy eval: strict = correct answer in the exact format; lenient = the gold number inside <answer>."""
-    strict = [strict_correct(s) for s in scores]
+    """Greedy eval, whatever `reward.functions` are: the mean of each configured function (`eval/<name>/mean`) and of
+    their total; lenient accuracy = the gold number inside <answer> (read from the text, no reward function needed);
+    strict accuracy = correct answer in the exact format, only when the built-in `correctness` and `hard_format`
+    are among the functions."""
+    names = [name for name in scores[0] if name != "total"]
+    record: dict[str, float] = {f"eval/{name}/mean": statistics.fmean(s[name] for s in scores) for name in names}
+    if {"correctness", "hard_format"} <= set(names):
+        record["eval/accuracy_strict"] = statistics.fmean(strict_correct(s) for s in scores)
     lenient = [lenient_correct(t, g) for t, g in zip(texts, golds, strict=True)]
     return {
-        "eval/accuracy_strict": statistics.fmean(strict),
+        **record,
         "eval/accuracy_lenient": statistics.fmean(lenient),
         "eval/reward_mean": statistics.fmean(s["total"] for s in scores),
         "eval/size": len(scores),
     }
 
 
-def pass_at_k_record(scores: list[dict[str, float]], k: int) -> dict[str, float]:
-    """pass@k from exactly k samples per question, `scores` in (question, sample) order: the share of questions
-    with at least one strictly correct sample (`pass_at_k(k, c, k)`), and k."""
+def pass_at_k_record(texts: list[str], golds: list[str], scores: list[dict[str, float]], k: int) -> dict[str, float]:
+    """pass@k from exactly k samples per question, in (question, sample) order: the share of questions with at least
+    one correct sample (`pass_at_k(k, c, k)`), lenient always, strict (as `eval_record`) when the built-in
+    `correctness` and `hard_format` are among the reward functions; and k."""
     if k < 1 or len(scores) % k:
         raise ValueError(f"{len(scores)} scores are not k={k} samples per question")
-    correct = [sum(strict_correct(s) for s in scores[i : i + k]) for i in range(0, len(scores), k)]
-    return {"eval/pass_at_k": statistics.fmean(pass_at_k(k, c, k) for c in correct), "eval/pass_k": k}
+    correct = {"eval/pass_at_k_lenient": [lenient_correct(t, g) for t, g in zip(texts, golds, strict=True)]}
+    if {"correctness", "hard_format"} <= set(scores[0]):
+        correct["eval/pass_at_k"] = [strict_correct(s) for s in scores]
+    record: dict[str, float] = {
+        name: statistics.fmean(pass_at_k(k, sum(flags[i : i + k]), k) for i in range(0, len(flags), k))
+        for name, flags in correct.items()
+    }
+    return {**record, "eval/pass_k": k}
 
 
 def format_samples(step: int, problem: Problem, lines: list[dict[str, Any]]) -> str:

@@ -103,7 +103,13 @@ def init_ray(cfg: Config) -> None:
     """Join the cluster in RAY_ADDRESS (as under `ray job submit`), or start a local one sized for the actors."""
     import ray
 
-    runtime_env = {"env_vars": {"PYTHONPATH": str(REPO_ROOT), "TOKENIZERS_PARALLELISM": "false"}}
+    from actors.reward_specs import custom_reward_sources
+
+    runtime_env: dict[str, Any] = {"env_vars": {"PYTHONPATH": str(REPO_ROOT), "TOKENIZERS_PARALLELISM": "false"}}
+    # PYTHONPATH above replaces the driver's: custom reward modules and files outside the repo reach the reward
+    # workers on every node as Ray-shipped py_modules instead.
+    if shipped := custom_reward_sources(cfg.reward.specs):
+        runtime_env["py_modules"] = shipped
     if os.environ.get("RAY_ADDRESS"):
         ray.init(runtime_env=runtime_env)
         return
@@ -228,6 +234,9 @@ class TrainingLoop:
                     probe_mismatch = self.workers.sync_weights(version=step)
                 else:
                     self.workers.advance_version(step)
+            # Engines lost with their node leave, engines join where the cluster has room (up to
+            # rollout.max_workers); a newcomer gets the engines' version first, before the next rollout launches.
+            rollout_workers = self.workers.rescale()
         # The driver alone: its children are the local Ray cluster's own processes.
         memory = {"memory/driver_rss_mb": process_tree_rss_mb(include_children=False), **self.workers.memory()}
         record, rollout_lines = build_step_records(
@@ -237,6 +246,7 @@ class TrainingLoop:
                 **train_metrics,
                 "sync/pushed": float(train_metrics["train/updates"] > 0),
                 "sync/probe_mismatch": probe_mismatch,
+                "rollout/workers": float(rollout_workers),
                 **self.workers.faults,
                 **memory,
             },
@@ -271,7 +281,7 @@ class TrainingLoop:
         self.metrics.log({"step": step, **record, **timings})
 
     def pass_at_k(self, step: int, prompts: list[str], problems: list[Problem]) -> dict[str, float]:
-        """k = trainer.eval_pass_k samples per question at rollout.temperature; `eval/pass_at_k`, `eval/pass_k`.
+        """k = trainer.eval_pass_k samples per question at rollout.temperature: `pass_at_k_record`.
 
         Seeds: `request_seed(trainer.seed, -(step + 1), question)`. Training steps are >= 1, so no eval sample
         shares a seed with a training sample. The calls take data.prompts_per_step questions at a time, as a
@@ -287,8 +297,8 @@ class TrainingLoop:
             )
         ]
         texts = [response_text(prefix, c.text) for c in completions]
-        scored = self.workers.score(texts, [problems[c.prompt_index].gold for c in completions])
-        return pass_at_k_record(scored.scores, k)
+        golds = [problems[c.prompt_index].gold for c in completions]
+        return pass_at_k_record(texts, golds, self.workers.score(texts, golds).scores, k)
 
     def checkpoint(self, step: int) -> None:
         tmp = self.run_dir.begin_checkpoint(step)

@@ -115,6 +115,23 @@ class PackedBatch:
     def num_tokens(self) -> int:
         return int(self.targets.shape[0])
 
+    def by_row(self, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-token `values` (M,) laid out as (R, T) completions of this micro-batch (R = len(rows), T its longest
+        completion, at least 1), zeros after each row's end, and the (R, T) bool mask of real tokens.
+
+        The GRPO math works on rows (sequence ratios, per-sequence means); differentiable w.r.t. `values`. A row's
+        tokens are contiguous in `pack`'s order, so a token's place in its row is its index minus the row's start.
+        """
+        num_rows = len(self.rows)
+        counts = torch.bincount(self.token_row, minlength=num_rows)  # (R,)
+        starts = torch.cumsum(counts, 0) - counts  # (R,)
+        width = max(1, int(counts.max())) if num_rows else 1
+        position = torch.arange(self.num_tokens, device=values.device) - starts[self.token_row]  # (M,)
+        flat = self.token_row * width + position  # (M,) into (R * T)
+        laid = values.new_zeros(num_rows * width).index_put((flat,), values).view(num_rows, width)  # (R, T)
+        mask = torch.zeros(num_rows * width, dtype=torch.bool, device=values.device)
+        return laid, mask.index_fill(0, flat, True).view(num_rows, width)  # (R, T), (R, T)
+
     def to(self, device: torch.device) -> PackedBatch:
         moved = {name: getattr(self, name).to(device) for name in self.__dataclass_fields__ if name != "rows"}
         return PackedBatch(**moved, rows=self.rows)

@@ -12,10 +12,15 @@ from typing import TYPE_CHECKING, Any
 import ray
 
 from learner.batch import TrainBatch
+from learner.grpo import loss_denominator
 from learner.learner_rank import LearnerRank
 
 if TYPE_CHECKING:
     from cluster.config import LearnerConfig
+
+
+# How long the learner's placement group may wait for room on the cluster before the run stops with an error.
+PLACEMENT_TIMEOUT_S = 600.0
 
 
 @ray.remote(num_cpus=0)
@@ -23,6 +28,16 @@ def _node_address_and_port() -> tuple[str, int]:
     from learner.sync import free_port
 
     return ray.util.get_node_ip_address(), free_port()
+
+
+def learner_bundles(cfg: LearnerConfig) -> list[dict[str, float]]:
+    """One placement-group bundle per rank: its CPU, its GPU share, and the node resource that pins it."""
+    bundle = {"CPU": 1.0}
+    if cfg.gpus_per_rank:
+        bundle["GPU"] = cfg.gpus_per_rank
+    if cfg.resource:
+        bundle[cfg.resource] = 0.001
+    return [dict(bundle) for _ in range(cfg.num_ranks)]
 
 
 class LearnerRankDiedError(RuntimeError):
@@ -37,16 +52,30 @@ class LearnerGroup:
         temperature: float,
         sync_dtype: str,
         seed: int,
-        num_gpus_per_rank: float = 0,
         cores: list[list[int]] | None = None,
     ) -> None:
         """`cores`: each rank's cores while rollout overlaps training (actors/cores.py), else None."""
+        from ray.util.placement_group import placement_group
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
         self.cfg = cfg
-        # The rendezvous lives where rank 0 will run; with placement groups that is the first bundle's node.
-        addr, port = ray.get(_node_address_and_port.remote())
+        # PACK: ranks share a node where one has room (the gradient all-reduce stays local), spill over otherwise.
+        self.placement = placement_group(learner_bundles(cfg), strategy="PACK")
+        if not self.placement.wait(timeout_seconds=PLACEMENT_TIMEOUT_S):
+            ray.util.remove_placement_group(self.placement)
+            raise RuntimeError(
+                f"the cluster has no room for {cfg.num_ranks} learner ranks of {learner_bundles(cfg)[0]} "
+                f"(waited {PLACEMENT_TIMEOUT_S:.0f} s; available: {ray.available_resources()})"
+            )
+
+        def bundle(index: int) -> PlacementGroupSchedulingStrategy:
+            return PlacementGroupSchedulingStrategy(self.placement, placement_group_bundle_index=index)
+
+        # The rendezvous is hosted by rank 0, so its address and port are taken on bundle 0's node.
+        addr, port = ray.get(_node_address_and_port.options(scheduling_strategy=bundle(0)).remote())
         actor_cls = ray.remote(LearnerRank)
         self.ranks = [
-            actor_cls.options(num_cpus=1, num_gpus=num_gpus_per_rank).remote(
+            actor_cls.options(num_cpus=1, num_gpus=cfg.gpus_per_rank, scheduling_strategy=bundle(rank)).remote(
                 rank, cfg.num_ranks, addr, port, model_dir, cfg, temperature, sync_dtype, seed, own
             )
             for rank, own in enumerate(cores or [None] * cfg.num_ranks)
@@ -96,13 +125,17 @@ class LearnerGroup:
         first pass (None for a row it did not forward).
 
         With `skip_zero_advantage`, rows whose advantage is exactly 0 are not sent at all: without a KL term they add
-        exactly nothing to the loss or the gradient. The token-mean still divides by every token of the step, so
-        the update is the full batch's. A step where no row has signal runs no pass and no optimizer step.
+        exactly nothing to the loss or the gradient. The loss still divides by the whole step's tokens / rows, so
+        the update is the full batch's. A step where no row has signal runs no pass and no optimizer step. With a KL
+        term (`kl_coef` > 0) every row is trained: its KL to the reference has a gradient whatever its advantage.
         """
-        signal = [i for i, a in enumerate(batch.advantages) if a != 0.0 or not self.cfg.skip_zero_advantage]
+        skip = self.cfg.skip_zero_advantage and self.cfg.kl_coef == 0
+        signal = [i for i, a in enumerate(batch.advantages) if a != 0.0 or not skip]
         shards = split_by_group(batch, signal, len(self.ranks))
+        # Known before the first micro-batch, so every micro-batch's loss is its exact share of the step's.
+        denominator = loss_denominator(self.cfg.loss_agg, max(1, batch.num_tokens), len(batch), self.cfg.loss_agg_norm)
         refs = [
-            r.train_step.remote(batch.rows(rows), batch.num_tokens, len(signal))
+            r.train_step.remote(batch.rows(rows), denominator, len(signal))
             for r, rows in zip(self.ranks, shards, strict=True)
         ]
         results = self._gather(refs, "train_step")
@@ -130,12 +163,15 @@ class LearnerGroup:
         joins += [w.join_sync_group.remote(host, port, i + 1, world) for i, w in enumerate(rollout_workers)]
         ray.get(joins)  # every member blocks until all have joined
 
-    def broadcast_weights(self, rollout_workers: list, version: int) -> tuple[str, list[str]]:
-        """`collective` transport: one bucketed broadcast; returns the learner's and each engine's checksum."""
-        sends = [rank.broadcast_weights.remote() for rank in self.ranks]
-        receives = [w.receive_weights.remote(version) for w in rollout_workers]
-        learner_checksums = self._gather(sends, "broadcast_weights")
-        return learner_checksums[0], ray.get(receives)
+    def broadcast_weights(self) -> str:
+        """`collective` transport: rank 0 sends one bucketed broadcast (the engines must be receiving); returns the
+        checksum of what it sent."""
+        return self._all("broadcast_weights")[0]
+
+    def publish_pushed(self) -> tuple[ray.ObjectRef, str]:
+        """`collective` transport: an object-store copy of the last broadcast's weights, and their checksum."""
+        [ref], checksum = ray.get(self.ranks[0].publish_pushed.remote())
+        return ref, checksum
 
     def checksum(self) -> str:
         return self._all("checksum")[0]
@@ -158,6 +194,7 @@ class LearnerGroup:
     def shutdown(self) -> None:
         for rank in self.ranks:
             ray.kill(rank)
+        ray.util.remove_placement_group(self.placement)
 
 
 def split_by_group(batch: TrainBatch, rows: list[int], num_ranks: int) -> list[list[int]]:

@@ -94,10 +94,7 @@ def digit_reward(completions: list[str], answers: list[str]) -> list[float]:
 def hard_format_reward(completions: list[str], answers: list[str]) -> list[float]:
     """0.5 when the whole completion has the exact think/answer layout with each tag once, else 0.0."""
     _check_lengths(completions, answers)
-    return [
-        0.5 if _HARD_FORMAT.fullmatch(c) and all(c.count(tag) == 1 for tag in TAGS) else 0.0
-        for c in completions
-    ]
+    return [0.5 if _HARD_FORMAT.fullmatch(c) and all(c.count(tag) == 1 for tag in TAGS) else 0.0 for c in completions]
 
 
 def _mark(completion: str, tag: str) -> float:

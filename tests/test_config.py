@@ -186,6 +186,27 @@ OVERRIDE_ERRORS = [
         ["learner.max_tokens_per_micro_batch=0"], "learner.max_tokens_per_micro_batch", "0", id="zero-token-budget"
     ),
     pytest.param(["data.source=./no_such_data_folder"], "data.source", "'./no_such_data_folder'", id="missing-data"),
+    pytest.param(["learner.kl_coef=-0.1"], "learner.kl_coef", "-0.1", id="negative-kl"),
+    pytest.param(["learner.kl_estimator=k4"], "learner.kl_estimator", "'k4'", id="bad-kl-estimator"),
+    pytest.param(["learner.loss_agg=sum"], "learner.loss_agg", "'sum'", id="bad-loss-agg"),
+    pytest.param(["learner.loss_agg_norm=-1"], "learner.loss_agg_norm", "-1", id="negative-loss-agg-norm"),
+    pytest.param(["learner.advantage_std=maybe"], "learner.advantage_std", "'maybe'", id="advantage-std-text"),
+    pytest.param(["learner.clip_eps_high=-0.1"], "learner.clip_eps_high", "-0.1", id="negative-clip-high"),
+    pytest.param(["learner.ratio_level=seq"], "learner.ratio_level", "'seq'", id="bad-ratio-level"),
+    pytest.param(["learner.seq_clip_eps=0"], "learner.seq_clip_eps", "0.0", id="zero-seq-clip"),
+    pytest.param(["learner.seq_clip_eps_high=0"], "learner.seq_clip_eps_high", "0.0", id="zero-seq-clip-high"),
+    pytest.param(["learner.is_correction=ois"], "learner.is_correction", "'ois'", id="bad-is-correction"),
+    pytest.param(["learner.is_cap=0.5"], "learner.is_cap", "0.5", id="is-cap-below-1"),
+    pytest.param(
+        ["rollout.num_workers=2", "rollout.max_workers=1"], "rollout.max_workers", "1", id="max-workers-below-num"
+    ),
+    pytest.param(["rollout.max_workers=9"], "rollout.max_workers", "9", id="max-workers-above-prompts"),
+    pytest.param(
+        ["sync.transport=collective", "learner.gpus_per_rank=0.5", "rollout.gpus_per_worker=0.5"],
+        "sync.transport",
+        "'collective'",
+        id="collective-on-a-shared-gpu",
+    ),
     pytest.param(["trainer.final_eval_size=-2"], "trainer.final_eval_size", "-2", id="final-eval-below-full"),
     # smaller than the subset it must contain (eval_size defaults to 50)
     pytest.param(["trainer.final_eval_size=20"], "trainer.final_eval_size", "20", id="final-eval-below-subset"),
@@ -275,6 +296,9 @@ CLI_ERRORS = [
     pytest.param(None, ["wandb.mode=on"], "wandb.mode", id="bad-wandb-mode"),
     pytest.param("configs/no_such_config.yaml", [], "--config", id="missing-config-file"),
     pytest.param("yaml:rollout:\n  n: true\n", [], "rollout.n", id="yaml-wrong-type"),
+    pytest.param(None, ["reward.functions=correctness,no_such_module:f"], "no_such_module", id="missing-reward-module"),
+    pytest.param(None, ["reward.functions=tests.train_rewards:nope"], "nope", id="missing-reward-function"),
+    pytest.param(None, ["reward.functions=/no/such/file.py:f"], "/no/such/file.py", id="missing-reward-file"),
 ]
 
 
@@ -305,3 +329,30 @@ def test_launch_bad_input_exits_2_before_ray(
     assert {"cluster.config", "yaml"} <= imported
     heavy = sorted(name for name in imported if name.split(".")[0] in ("ray", "vllm"))
     assert heavy == []
+
+
+def test_variant_keys_resolve_their_defaults() -> None:
+    cfg = load_config(None, ["rollout.max_tokens=123", "learner.clip_eps=0.1"])
+    learner = cfg.learner
+    assert (learner.clip_eps_high, learner.loss_agg_norm) == (0.1, 123)  # clip_eps and rollout.max_tokens
+    assert (learner.kl_coef, learner.kl_estimator, learner.loss_agg) == (0.0, "k3", "token_mean")
+    assert (learner.advantage_std, learner.ratio_level, learner.is_correction, learner.is_cap) == (
+        True,
+        "token",
+        "tis",
+        2.0,
+    )
+    dapo = load_config(None, ["learner.clip_eps_high=0.28", "learner.loss_agg_norm=64", "learner.kl_coef=0.04"])
+    assert (dapo.learner.clip_eps_high, dapo.learner.loss_agg_norm, dapo.learner.kl_coef) == (0.28, 64, 0.04)
+    # The resolved values are what config.yaml holds, and it loads back to the same config.
+    again = [f"{section}.{k}={v}" for section in ("rollout", "learner") for k, v in cfg.to_dict()[section].items()]
+    assert load_config(None, again) == cfg
+
+
+def test_variant_choices_are_the_grpo_module_s() -> None:
+    from cluster import config
+    from learner import grpo
+
+    assert config.KL_ESTIMATORS == grpo.KL_ESTIMATORS
+    assert config.LOSS_AGG_MODES == grpo.LOSS_AGG_MODES
+    assert config.RATIO_LEVELS == grpo.RATIO_LEVELS

@@ -17,15 +17,31 @@ EVAL_SIZE, FINAL_EVAL_SIZE, PASS_K = 4, 6, 2
 STRICT = {"correctness": 2.0, "digit": 0.5, "hard_format": 0.5, "mark": 0.5, "total": 3.5}
 LOOSE = {"correctness": 2.0, "digit": 0.5, "hard_format": 0.0, "mark": 0.25, "total": 2.75}  # right, wrong format
 WRONG = {"correctness": 0.0, "digit": 0.5, "hard_format": 0.5, "mark": 0.5, "total": 1.5}
+RIGHT = "<think>\n3 + 4 = 7\n</think>\n<answer>\n7\n</answer>"
+LOOSE_TEXT = "<think>\n3 + 4 = 7\n<answer>\n7 apples\n</answer>"
+WRONG_TEXT = "<think>\n3 + 4 = 8\n</think>\n<answer>\n8\n</answer>"
 
 
-def test_pass_at_k_counts_questions_with_a_strictly_correct_sample() -> None:
-    # k = 2, three questions: one strict answer; none; a loose and a strict one -> 2 of 3 questions pass.
-    record = pass_at_k_record([STRICT, WRONG, WRONG, WRONG, LOOSE, STRICT], k=2)
-    assert record == {"eval/pass_at_k": pytest.approx(2 / 3), "eval/pass_k": 2}
-    assert pass_at_k_record([LOOSE, WRONG], k=2)["eval/pass_at_k"] == 0.0  # the format counts, as in accuracy_strict
+def test_pass_at_k_counts_questions_with_a_correct_sample() -> None:
+    # k = 2, three questions with gold 7: one strict answer; none; a loose and a strict one.
+    texts = [RIGHT, WRONG_TEXT, WRONG_TEXT, WRONG_TEXT, LOOSE_TEXT, RIGHT]
+    scores = [STRICT, WRONG, WRONG, WRONG, LOOSE, STRICT]
+    record = pass_at_k_record(texts, ["7"] * 6, scores, k=2)
+    assert record == {
+        "eval/pass_at_k": pytest.approx(2 / 3),
+        "eval/pass_at_k_lenient": pytest.approx(2 / 3),
+        "eval/pass_k": 2,
+    }
+    # A right answer in the wrong format passes leniently only; without the built-in functions there is no strict.
+    assert pass_at_k_record([LOOSE_TEXT, WRONG_TEXT], ["7", "7"], [LOOSE, WRONG], k=2) == {
+        "eval/pass_at_k": 0.0,
+        "eval/pass_at_k_lenient": 1.0,
+        "eval/pass_k": 2,
+    }
+    custom = [{"letters": 0.5, "total": 0.5}] * 2
+    assert set(pass_at_k_record([RIGHT, RIGHT], ["7", "7"], custom, k=2)) == {"eval/pass_at_k_lenient", "eval/pass_k"}
     with pytest.raises(ValueError, match="not k=2 samples per question"):
-        pass_at_k_record([STRICT, WRONG, STRICT], k=2)
+        pass_at_k_record([RIGHT] * 3, ["7"] * 3, [STRICT, WRONG, STRICT], k=2)
 
 
 def test_subset_every_step_final_set_and_pass_at_k_at_the_ends(tiny_model_dir: Path, tmp_path: Path) -> None:
@@ -58,6 +74,7 @@ def test_subset_every_step_final_set_and_pass_at_k_at_the_ends(tiny_model_dir: P
         passed = record["eval_final/pass_at_k"] * FINAL_EVAL_SIZE
         assert 0 <= passed <= FINAL_EVAL_SIZE and abs(passed - round(passed)) < 1e-9
         assert {
+            "eval_final/pass_at_k_lenient",
             "eval_final/accuracy_lenient",
             "eval_final/reward_mean",
             "eval_final/trivial_think_frac",

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import psutil
+import pytest
 
 from tests.conftest import REPO_ROOT, launch_command, tiny_run_overrides
 
@@ -232,3 +233,30 @@ def test_engine_computing_with_other_weights_stops_the_run(tiny_model_dir: Path,
     # Step 1's sync passed the probe; step 2 stopped at its sync, before its metrics line.
     [record] = _records(run_dir)
     assert record["step"] == 1 and record["sync/pushed"] == 1.0 and record["sync/probe_mismatch"] < 0.1
+
+
+@pytest.mark.parametrize("transport", ["object_store", "collective"])
+def test_engine_dying_during_a_weight_sync_is_replaced(tiny_model_dir: Path, tmp_path: Path, transport: str) -> None:
+    """Rollout worker 1's process dies as it starts loading version 2 (test-only hook), mid-sync: it is replaced,
+    the newcomer loads version 2 before sampling, and the run completes (collective: without gloo's timeout)."""
+    run_dir = tmp_path / "run"
+    overrides = _four_steps_with_signal(
+        tiny_model_dir, run_dir, "rollout.num_workers=2", "data.prompts_per_step=2", f"sync.transport={transport}"
+    )
+    env = {**os.environ, "GRPO_TEST_DIE_IN_SYNC": "1:2"}
+    start = time.monotonic()
+    proc = subprocess.run(
+        launch_command(overrides), cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    print(f"{transport}: run with an engine lost mid-sync took {time.monotonic() - start:.0f} s")
+    assert "rollout workers: 2 -> 2 (lost [1], joined [2]" in proc.stdout + proc.stderr
+    records = {r["step"]: r for r in _records(run_dir)}
+    assert sorted(records) == [1, 2, 3, 4]
+    assert [records[s]["sync/pushed"] for s in (1, 2, 3, 4)] == [1.0] * 4
+    assert [records[s]["faults/rollout_restarts"] for s in (1, 2, 3, 4)] == [0, 1, 1, 1]
+    assert [records[s]["rollout/workers"] for s in (1, 2, 3, 4)] == [2.0] * 4
+    # The probe runs after every sync (sync.verify_every=1): the replacement computes with version 2's weights.
+    assert all(records[s]["sync/probe_mismatch"] < 0.1 for s in (2, 3, 4))
+    rollouts = [json.loads(line) for line in (run_dir / "rollouts.jsonl").read_text().splitlines()]
+    assert all(r["policy_version"] == r["step"] - 1 for r in rollouts)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -149,3 +150,44 @@ def test_update_raises_logprob_of_positive_advantage(ray_cluster: None, tiny_mod
     assert skipped["train/skipped"] == 1.0 and skipped["train/skipped_steps"] == 1.0
     assert skipped["train/updates"] == 0.0
     assert unchanged == after
+
+
+@pytest.mark.parametrize(("estimator", "param_dtype"), [("k3", "bfloat16"), ("k2", "float32")])
+def test_kl_to_reference_is_exactly_zero_at_the_start_then_positive(
+    ray_cluster: None, tiny_model_dir: Path, estimator: str, param_dtype: str
+) -> None:
+    """Policy = reference at step 1: with every advantage 0 (constant groups) the only term is the KL, whose value
+    and gradient are exactly 0 there, so nothing moves; every row is still trained (no zero-advantage skip). After
+    an update with signal the KL to the reference is positive."""
+    cfg = LearnerConfig(lr=1e-2, kl_coef=0.5, kl_estimator=estimator, param_dtype=param_dtype, num_ranks=2)
+    group = LearnerGroup(cfg, str(tiny_model_dir), 1.0, "float32", 0)
+    flat = _batch(2, rewards=[0.5] * N + [2.0] * N)
+    metrics, learner_logprobs = group.train_step(flat)
+    assert metrics["train/rows_trained"] == len(flat) and None not in learner_logprobs
+    assert metrics["train/ref_kl"] == 0.0 and metrics["train/grad_norm"] == 0.0 and metrics["grpo_loss"] == 0.0
+    signal = _batch(2, seed=2, rewards=[1.0, 0.0, 1.0, 0.0, 0.0, 1.0, 0.0, 1.0])
+    first, _ = group.train_step(signal)
+    second, _ = group.train_step(signal)
+    group.shutdown()
+    assert first["train/ref_kl"] == 0.0 and first["train/grad_norm"] > 0  # this step starts at the reference too
+    assert second["train/ref_kl"] > 0 and math.isfinite(second["train/is_weight_mean"])
+
+
+@pytest.mark.parametrize(
+    "variant",
+    [
+        {"loss_agg": "seq_mean_token_mean", "ratio_level": "sequence"},
+        {"loss_agg": "seq_mean_token_sum", "loss_agg_norm": 16, "clip_eps_high": 0.28},
+    ],
+)
+def test_sequence_level_variants_are_split_invariant(ray_cluster: None, tiny_model_dir: Path, variant: dict) -> None:
+    """Per-sequence aggregation and the GSPO ratio group tokens by completion inside each micro-batch: the update is
+    the same on 1 rank with one micro-batch as on 2 ranks with several, zero-advantage rows skipped or not."""
+    batch = _batch(4, seed=1, rewards=[0.1, 0.9, 0.5, 0.3] + [1.0] * N + [0.0, 1.0, 0.5, 0.5] + [0.2, 0.7, 0.7, 0.4])
+    whole = _one_step(tiny_model_dir, batch, skip_zero_advantage=False, **variant)
+    split = _one_step(tiny_model_dir, batch, num_ranks=2, max_tokens_per_micro_batch=20, **variant)
+    assert whole[0]["train/rows_trained"] == len(batch) > split[0]["train/rows_trained"]
+    assert split[0]["grpo_loss"] == pytest.approx(whole[0]["grpo_loss"], abs=1e-6)
+    assert split[0]["train/grad_norm"] == pytest.approx(whole[0]["train/grad_norm"], rel=1e-4)
+    for a, b in zip(split[2], whole[2], strict=True):
+        assert a == pytest.approx(b, abs=1e-4)

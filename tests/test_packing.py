@@ -29,6 +29,28 @@ def _batch() -> TrainBatch:
     )
 
 
+def test_by_row_lays_tokens_out_per_completion_by_hand() -> None:
+    batch = _batch()
+    packed = pack(make_units(batch, shared_prompt=True), batch, pad_token_id=0)
+    assert packed.rows == [0, 2, 4, 1, 3, 5]
+    values = torch.arange(1.0, packed.num_tokens + 1).requires_grad_(True)  # (M,) = 1 .. 13
+    laid, mask = packed.by_row(values)
+    assert laid.tolist() == [
+        [1, 2, 0, 0],  # row 0: 2 tokens
+        [3, 4, 5, 0],  # row 2: 3 tokens
+        [6, 0, 0, 0],  # row 4
+        [7, 0, 0, 0],  # row 1
+        [8, 9, 10, 11],  # row 3
+        [12, 13, 0, 0],  # row 5
+    ]
+    assert mask.tolist() == [[v != 0 for v in row] for row in laid.tolist()]
+    (laid * 2).sum().backward()
+    assert values.grad is not None and values.grad.tolist() == [2.0] * packed.num_tokens
+    empty = pack([], batch, pad_token_id=0)
+    laid, mask = empty.by_row(torch.zeros(0))
+    assert laid.shape == mask.shape == (0, 1)
+
+
 def test_shared_prompt_layout_by_hand() -> None:
     batch = _batch()
     units = make_units(batch, shared_prompt=True)

@@ -18,9 +18,9 @@ import pytest
 from actors.reward import (
     DEFAULT_REWARD_SPECS,
     RewardScorer,
-    resolve_reward_functions,
     score_with_workers,
 )
+from actors.reward_specs import resolve_reward_functions
 from rewards.reward_functions import REWARD_FUNCTIONS, score
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
