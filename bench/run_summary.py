@@ -3,8 +3,11 @@
     .venv/bin/python bench/run_summary.py docs/results/metrics.jsonl [--plot docs/results/rewards.png]
 
 Prints markdown: mean reward of the first 5 and last 5 training steps for the total and each reward function,
-the evals (strict and lenient accuracy, mean reward) at the first and last eval step, the zero-std group fraction,
-and step time (median, and the phase medians) over all training steps.
+the zero-std group fraction, lengths and the trivial-reasoning share (`rollout/trivial_think_frac`, where the run
+logged it); `rewards/correctness/mean` of the first 20 against the last 20 steps with a bootstrap 95% interval of
+the difference (`cluster/stats.py`: 10,000 resamples, seed 0); the evals (`eval/*` on the eval subset and, where
+logged, `eval_final/*` on the step-0 and final eval set) at the first and last eval step with 95% Wilson intervals
+of each accuracy and pass@k, and every eval step of the subset; and step time (median, and the phase medians).
 """
 
 from __future__ import annotations
@@ -21,9 +24,16 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from cluster.metrics import plot_rewards, reward_function_keys  # noqa: E402  (after the sys.path line above)
+from cluster.stats import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, bootstrap_mean_difference, wilson_interval  # noqa: E402
 
 WINDOW = 5
+# The issue-15 goal compares the first and last 20 steps' correctness: windows long enough for the bootstrap.
+CORRECTNESS_WINDOW = 20
 PHASES = ("time/step", "time/rollout", "time/reward", "time/train", "time/sync")
+# Logged per step since issue 15 (rewards/reasoning.py); older runs' records lack them.
+REASONING = ("rollout/trivial_think_frac", "rollout/think_words_mean")
+# Proportions of the eval questions: reported with Wilson intervals (`<prefix>/size` questions each).
+PROPORTIONS = ("accuracy_strict", "accuracy_lenient", "pass_at_k", "pass_at_k_lenient")
 
 
 def read_metrics(path: Path, window: int = WINDOW) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -40,10 +50,58 @@ def reward_rows(steps: list[dict[str, Any]]) -> list[tuple[str, float, float]]:
     """(metric, mean over the first WINDOW steps, mean over the last WINDOW steps) for the total and each function."""
     names = ["rewards/mean", *reward_function_keys(steps[0])]
     names += ["rewards/zero_std_frac", "rollout/tokens_mean", "rollout/stopped_frac"]
+    names += [name for name in REASONING if name in steps[0]]
     return [
         (name, statistics.fmean(r[name] for r in steps[:WINDOW]), statistics.fmean(r[name] for r in steps[-WINDOW:]))
         for name in names
     ]
+
+
+def correctness_difference(steps: list[dict[str, Any]]) -> tuple[float, float, float, float, float] | None:
+    """(first-window mean, last-window mean, difference, low, high) of `rewards/correctness/mean` over the first
+    and last CORRECTNESS_WINDOW steps, the interval by bootstrap; None for a run shorter than two windows."""
+    if len(steps) < 2 * CORRECTNESS_WINDOW:
+        return None
+    first = [r["rewards/correctness/mean"] for r in steps[:CORRECTNESS_WINDOW]]
+    last = [r["rewards/correctness/mean"] for r in steps[-CORRECTNESS_WINDOW:]]
+    difference, low, high = bootstrap_mean_difference(first, last)
+    return statistics.fmean(first), statistics.fmean(last), difference, low, high
+
+
+def proportion(record: dict[str, Any], prefix: str, name: str) -> tuple[float, float, float]:
+    """(share, low, high): an eval proportion and its Wilson interval over the record's `<prefix>/size` questions."""
+    size, share = record[f"{prefix}/size"], record[f"{prefix}/{name}"]
+    successes = round(share * size)
+    if abs(successes - share * size) > 1e-6:
+        raise SystemExit(f"step {record['step']}: {prefix}/{name}={share} is not a count out of {size}")
+    return (share, *wilson_interval(successes, size))
+
+
+def _share(value: tuple[float, float, float]) -> str:
+    return f"{value[0]:.3f} [{value[1]:.3f}, {value[2]:.3f}]"
+
+
+def eval_lines(evals: list[dict[str, Any]], prefix: str) -> list[str]:
+    """First and last eval of `prefix` (`eval` or `eval_final`): each proportion with its Wilson interval."""
+    logged = [r for r in evals if f"{prefix}/size" in r]
+    if len(logged) < 2:
+        return []
+    before, after = logged[0], logged[-1]
+    out = [
+        "",
+        f"| greedy eval `{prefix}/*` on {before[f'{prefix}/size']} test questions, 95% Wilson intervals "
+        f"| step {before['step']} | step {after['step']} | intervals overlap |",
+        "|---|---|---|---|",
+    ]
+    for name in (n for n in PROPORTIONS if f"{prefix}/{n}" in before):
+        first, last = proportion(before, prefix, name), proportion(after, prefix, name)
+        overlap = "yes" if first[1] <= last[2] and last[1] <= first[2] else "no"
+        label = f"`{prefix}/{name}`" + (f" (k = {before[f'{prefix}/pass_k']})" if name.startswith("pass") else "")
+        out.append(f"| {label} | {_share(first)} | {_share(last)} | {overlap} |")
+    for name in ("reward_mean", "trivial_think_frac", "think_words_mean"):
+        if f"{prefix}/{name}" in before:
+            out.append(f"| `{prefix}/{name}` | {before[f'{prefix}/{name}']:.3f} | {after[f'{prefix}/{name}']:.3f} | |")
+    return out
 
 
 def markdown(path: Path) -> str:
@@ -57,17 +115,21 @@ def markdown(path: Path) -> str:
         "|---|---|---|---|",
     ]
     out += [f"| `{name}` | {a:.3f} | {b:.3f} | {b - a:+.3f} |" for name, a, b in reward_rows(steps)]
-    if len(evals) >= 2:
-        before, after = evals[0], evals[-1]
+    correctness = correctness_difference(steps)
+    if correctness:
+        a, b, difference, low, high = correctness
         out += [
             "",
-            f"| greedy eval on {before['eval/size']} test questions | step {before['step']} | step {after['step']} |",
-            "|---|---|---|",
+            f"`rewards/correctness/mean`: first {CORRECTNESS_WINDOW} steps {a:.3f}, last {CORRECTNESS_WINDOW} steps "
+            f"{b:.3f}, difference {difference:+.3f}, bootstrap 95% interval [{low:+.3f}, {high:+.3f}] "
+            f"({BOOTSTRAP_RESAMPLES} resamples of the per-step means, seed {BOOTSTRAP_SEED}).",
         ]
-        for name in ("eval/accuracy_strict", "eval/accuracy_lenient", "eval/reward_mean"):
-            if name not in before:  # strict accuracy needs the built-in correctness and hard_format rewards
-                continue
-            out.append(f"| `{name}` | {before[name]:.3f} | {after[name]:.3f} |")
+    out += eval_lines(evals, "eval_final") + eval_lines(evals, "eval")
+    if len(evals) > 2:
+        # strict accuracy needs the built-in correctness and hard_format rewards
+        names = [name for name in ("accuracy_strict", "accuracy_lenient") if f"eval/{name}" in evals[0]]
+        out += ["", "| eval step | " + " | ".join(f"`eval/{n}`" for n in names) + " |", "|---" * (len(names) + 1) + "|"]
+        out += [f"| {r['step']} | " + " | ".join(_share(proportion(r, "eval", n)) for n in names) + " |" for r in evals]
     out += ["", "| step time, median over all steps | seconds |", "|---|---|"]
     out += [f"| `{name}` | {statistics.median(r[name] for r in steps):.1f} |" for name in PHASES]
     restarts = {k: v for k, v in steps[-1].items() if k.startswith("faults/") and v}

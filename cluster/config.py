@@ -299,6 +299,10 @@ class SyncConfig:
         _require(self.verify_tolerance > 0, "sync.verify_tolerance", self.verify_tolerance, "must be > 0")
 
 
+# trainer.final_eval_size for "every question of the test split".
+FULL_TEST_SPLIT = -1
+
+
 @dataclass(frozen=True)
 class TrainerConfig:
     total_steps: int = 10
@@ -310,7 +314,13 @@ class TrainerConfig:
     eval_every: int = 0
     """Also evaluate every this many steps; eval always runs at step 0 and at the end (0: only those two)."""
     eval_size: int = 50
-    """Test questions in the fixed eval subset (0 turns eval off)."""
+    """Test questions in the fixed eval subset (0 turns eval off), evaluated at every eval (`eval/*`)."""
+    final_eval_size: int = 0
+    """Test questions of the larger eval at step 0 and at the end (`eval_final/*`): 0 = the eval subset,
+    -1 (`FULL_TEST_SPLIT`) = the whole test split, N >= eval_size = a fixed N that contains the subset."""
+    eval_pass_k: int = 0
+    """At step 0 and at the end, also sample this many answers per final-eval question at rollout.temperature and
+    log `eval_final/pass_at_k` (0: off)."""
     checkpoint_every: int = 5
     """Checkpoint every this many steps (0: only at the end)."""
     keep_checkpoints: int = 2
@@ -320,6 +330,12 @@ class TrainerConfig:
     overwrite: bool = False
     """Allow replacing a previous run in `run_dir` (or resuming it under a changed config)."""
 
+    def final_eval_rows(self, test_rows: int) -> int:
+        """How many of a `test_rows`-row test split the step-0 and final eval answers."""
+        if self.final_eval_size == FULL_TEST_SPLIT:
+            return test_rows
+        return min(self.final_eval_size or self.eval_size, test_rows)
+
     def __post_init__(self) -> None:
         _require(self.total_steps >= 1, "trainer.total_steps", self.total_steps, "must be >= 1")
         _require(self.seed >= 0, "trainer.seed", self.seed, "must be >= 0")
@@ -327,6 +343,18 @@ class TrainerConfig:
         _require(self.max_staleness >= 0, "trainer.max_staleness", self.max_staleness, "must be >= 0")
         _require(self.eval_every >= 0, "trainer.eval_every", self.eval_every, "must be >= 0")
         _require(self.eval_size >= 0, "trainer.eval_size", self.eval_size, "must be >= 0")
+        _require(
+            self.final_eval_size in (0, FULL_TEST_SPLIT) or self.final_eval_size >= self.eval_size,
+            "trainer.final_eval_size",
+            self.final_eval_size,
+            f"must be 0 (the eval subset), {FULL_TEST_SPLIT} (the whole test split) or >= trainer.eval_size="
+            f"{self.eval_size} (it contains the subset)",
+        )
+        _require(self.eval_pass_k >= 0, "trainer.eval_pass_k", self.eval_pass_k, "must be >= 0")
+        for key, value in (("final_eval_size", self.final_eval_size), ("eval_pass_k", self.eval_pass_k)):
+            _require(
+                self.eval_size > 0 or value == 0, f"trainer.{key}", value, "needs trainer.eval_size >= 1 (eval is off)"
+            )
         _require(self.keep_checkpoints >= 1, "trainer.keep_checkpoints", self.keep_checkpoints, "must be >= 1")
         _require(self.checkpoint_every >= 0, "trainer.checkpoint_every", self.checkpoint_every, "must be >= 0")
 

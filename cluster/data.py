@@ -19,15 +19,17 @@ from typing import Any
 
 from rewards.reward_functions import extract_final_answer
 
-# The format every reward function checks, stated and then shown once: with the "<think>\n" response prefix at
-# temperature 0.7, SmolLM2-135M wrote the strict format in 16% of samples with the worked example and in none
-# without it (a 16-question x 4-sample probe; docs/results.md section 1).
+# The format every reward function checks, shown by a worked example and never by a placeholder: the old
+# "<think>\n...\n</think>" format line was copied literally by the 60-step run's policy (docs/results.md section 1).
+# The example has two steps so that "reasoning" visibly means writing out calculations. Chosen with
+# bench/prompt_probe.py over the old prompt and two other candidates: at step 0 it had the most strict-format
+# samples (0.312 vs 0.070 for the old prompt) and the fewest trivial <think> blocks (0.016 vs 0.141);
+# docs/results/prompt_probe.txt.
 SYSTEM_PROMPT = (
-    "You are a careful math tutor. Reason step by step inside <think> </think>, then write only the final number "
-    "inside <answer> </answer>. Respond in exactly this format:\n"
-    "<think>\n...\n</think>\n<answer>\n...\n</answer>\n"
-    "Example. Question: Tom has 3 apples and buys 5 more. How many apples does he have?\n"
-    "<think>\nTom starts with 3 apples and buys 5, so 3 + 5 = 8.\n</think>\n<answer>\n8\n</answer>"
+    "You are a careful math tutor. Think step by step inside <think> </think>, writing out each calculation, "
+    "then write only the final number inside <answer> </answer>, exactly as in this example.\n"
+    "Question: Mia buys 4 pens at $2 each and pays with a $10 bill. How much change does she get?\n"
+    "<think>\nThe pens cost 4 * 2 = 8 dollars. Her change is 10 - 8 = 2 dollars.\n</think>\n<answer>\n2\n</answer>"
 )
 
 
@@ -118,13 +120,14 @@ def load_problems(source: str, split: str) -> list[Problem]:
     return problems
 
 
-def build_prompt(tokenizer: Any, question: str, response_prefix: str = "") -> str:
+def build_prompt(tokenizer: Any, question: str, response_prefix: str = "", system_prompt: str = SYSTEM_PROMPT) -> str:
     """The chat-templated prompt text, ending where the assistant's turn begins, then `response_prefix`.
 
     The prefix (`data.response_prefix`, e.g. "<think>\\n") is the start of the model's answer written for it; the
     rewards score `response_prefix + completion` (see `response_text`), so the format checks see the whole answer.
+    `system_prompt` is for comparing prompts (bench/prompt_probe.py); training always uses `SYSTEM_PROMPT`.
     """
-    messages = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": question}]
+    messages = [{"role": "system", "content": system_prompt}, {"role": "user", "content": question}]
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) + response_prefix
 
 

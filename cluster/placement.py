@@ -95,13 +95,16 @@ class Workers:
         """The rollout engines' actor handles, in the order prompts are split over them."""
         return self.pool.handles
 
-    def generate(self, prompts: list[str], seed: int, step: int, first_index: int = 0) -> list[Completion]:
-        """n completions per prompt on the engines present now; the prompts are the step's prompts `first_index`,
-        `first_index + 1`, ... (their sampling seeds and `prompt_index`). Called from one thread at a time, possibly
-        not the main one: only a lost engine changes the pool here, and the step boundary is not running meanwhile."""
+    def generate(
+        self, prompts: list[str], seed: int, step: int, first_index: int = 0, n: int | None = None
+    ) -> list[Completion]:
+        """n (default rollout.n) completions per prompt on the engines present now; the prompts are the step's
+        prompts `first_index`, `first_index + 1`, ... (their sampling seeds and `prompt_index`). Called from one
+        thread at a time, possibly not the main one: only a lost engine changes the pool here, and the step boundary
+        is not running meanwhile."""
         seeds = [request_seed(seed, step, first_index + i) for i in range(len(prompts))]
         completions = self._retrying_rollout(
-            lambda: generate_with_workers(self.rollout, prompts, seeds, self.cfg.rollout.n)
+            lambda: generate_with_workers(self.rollout, prompts, seeds, n or self.cfg.rollout.n)
         )
         return [replace(c, prompt_index=first_index + c.prompt_index) for c in completions]
 

@@ -7,7 +7,9 @@ import statistics
 from typing import TYPE_CHECKING, Any
 
 from cluster.metrics import reward_metrics
+from cluster.stats import pass_at_k
 from learner.batch import TrainBatch
+from rewards.reasoning import reasoning_metrics
 from rewards.reward_functions import answers_match, extract_answer
 
 if TYPE_CHECKING:
@@ -83,6 +85,8 @@ def build_step_records(
         "throughput/tokens_per_s": tokens / timings["time/rollout"],
         "rollout/tokens_mean": statistics.fmean(line["num_tokens"] for line in lines),
         "rollout/stopped_frac": statistics.fmean(line["finish_reason"] == "stop" for line in lines),
+        # Reward hacking the rewards cannot see: empty, placeholder or copied <think> blocks (rewards/reasoning.py).
+        **reasoning_metrics([line["completion"] for line in lines], [line["question"] for line in lines], "rollout/"),
         "rollout/groups_sampled": rollout.groups_sampled,
         "rollout/groups_trained": rollout.groups_trained,
         "rollout/sampling_rounds": rollout.rounds,
@@ -102,6 +106,11 @@ def lenient_correct(completion: str, gold: str) -> bool:
     return answer is not None and any(answers_match(n, gold) for n in _NUMBER.findall(answer))
 
 
+def strict_correct(scores: dict[str, float]) -> bool:
+    """The correct answer in the exact format."""
+    return scores["correctness"] > 0 and scores["hard_format"] > 0
+
+
 def eval_record(texts: list[str], golds: list[str], scores: list[dict[str, float]]) -> dict[str, float]:
     """Greedy eval, whatever `reward.functions` are: the mean of each configured function (`eval/<name>/mean`) and of
     their total; lenient accuracy = the gold number inside <answer> (read from the text, no reward function needed);
@@ -110,7 +119,7 @@ def eval_record(texts: list[str], golds: list[str], scores: list[dict[str, float
     names = [name for name in scores[0] if name != "total"]
     record: dict[str, float] = {f"eval/{name}/mean": statistics.fmean(s[name] for s in scores) for name in names}
     if {"correctness", "hard_format"} <= set(names):
-        record["eval/accuracy_strict"] = statistics.fmean(s["correctness"] > 0 and s["hard_format"] > 0 for s in scores)
+        record["eval/accuracy_strict"] = statistics.fmean(strict_correct(s) for s in scores)
     lenient = [lenient_correct(t, g) for t, g in zip(texts, golds, strict=True)]
     return {
         **record,
@@ -118,6 +127,22 @@ def eval_record(texts: list[str], golds: list[str], scores: list[dict[str, float
         "eval/reward_mean": statistics.fmean(s["total"] for s in scores),
         "eval/size": len(scores),
     }
+
+
+def pass_at_k_record(texts: list[str], golds: list[str], scores: list[dict[str, float]], k: int) -> dict[str, float]:
+    """pass@k from exactly k samples per question, in (question, sample) order: the share of questions with at least
+    one correct sample (`pass_at_k(k, c, k)`), lenient always, strict (as `eval_record`) when the built-in
+    `correctness` and `hard_format` are among the reward functions; and k."""
+    if k < 1 or len(scores) % k:
+        raise ValueError(f"{len(scores)} scores are not k={k} samples per question")
+    correct = {"eval/pass_at_k_lenient": [lenient_correct(t, g) for t, g in zip(texts, golds, strict=True)]}
+    if {"correctness", "hard_format"} <= set(scores[0]):
+        correct["eval/pass_at_k"] = [strict_correct(s) for s in scores]
+    record: dict[str, float] = {
+        name: statistics.fmean(pass_at_k(k, sum(flags[i : i + k]), k) for i in range(0, len(flags), k))
+        for name, flags in correct.items()
+    }
+    return {**record, "eval/pass_k": k}
 
 
 def format_samples(step: int, problem: Problem, lines: list[dict[str, Any]]) -> str:

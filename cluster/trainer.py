@@ -38,8 +38,9 @@ from cluster.model_source import resolve_model_path
 from cluster.overlap import RolloutsAhead, overlap_seconds
 from cluster.rollout_stage import RolloutStage
 from cluster.run_dir import RunDir
-from cluster.step import build_step_records, eval_record, format_samples
+from cluster.step import build_step_records, eval_record, format_samples, pass_at_k_record
 from cluster.watchdog import start_watchdog
+from rewards.reasoning import reasoning_metrics
 
 if TYPE_CHECKING:
     from cluster.placement import Workers
@@ -59,6 +60,9 @@ class PreparedRun:
     model_dir: Path
     train_problems: list[Problem]
     eval_problems: list[Problem]
+    """The eval subset (`trainer.eval_size`), answered at every eval."""
+    final_eval_problems: list[Problem]
+    """The step-0 and final eval's questions (`trainer.final_eval_size`): the subset and possibly more."""
 
 
 def prepare_run(cfg: Config) -> PreparedRun:
@@ -71,9 +75,21 @@ def prepare_run(cfg: Config) -> PreparedRun:
             f"data.prompts_per_step={cfg.data.prompts_per_step} exceeds the {len(train_problems)} training rows"
         )
     test_problems = load_problems(cfg.data.source, "test") if cfg.trainer.eval_size else []
+    # Both sets are prefixes of one seeded shuffle of the test split, so the larger contains the smaller.
     eval_rows = eval_problem_indices(len(test_problems), cfg.trainer.eval_size, cfg.trainer.seed)
+    final_rows = eval_problem_indices(
+        len(test_problems), cfg.trainer.final_eval_rows(len(test_problems)), cfg.trainer.seed
+    )
     model_dir = resolve_model_path(cfg.model.path, cfg.model.cache_dir)
-    return PreparedRun(cfg, run_dir, resume_step, model_dir, train_problems, [test_problems[i] for i in eval_rows])
+    return PreparedRun(
+        cfg,
+        run_dir,
+        resume_step,
+        model_dir,
+        train_problems,
+        [test_problems[i] for i in eval_rows],
+        [test_problems[i] for i in final_rows],
+    )
 
 
 @contextmanager
@@ -135,6 +151,12 @@ def train(run: PreparedRun) -> int:
     return 128 + signal.SIGTERM if stop.signum == signal.SIGTERM else 0
 
 
+def _eval_metrics(problems: list[Problem], texts: list[str], scores: list[dict[str, float]]) -> dict[str, float]:
+    """`eval/*` of greedy answers: accuracies and size (`eval_record`), trivial <think> share and length."""
+    questions = [p.question for p in problems]
+    return {**eval_record(texts, [p.gold for p in problems], scores), **reasoning_metrics(texts, questions, "eval/")}
+
+
 class StopRequest:
     """SIGINT / SIGTERM only raise a flag: the current step finishes, a checkpoint is written, then the run ends."""
 
@@ -168,7 +190,7 @@ class TrainingLoop:
         if start:
             self.restore(start)
         elif self.run_info.eval_problems:
-            self.evaluate(step=0)
+            self.evaluate(step=0, final=True)
         steps = tqdm(
             range(start + 1, cfg.trainer.total_steps + 1),
             initial=start,
@@ -183,7 +205,7 @@ class TrainingLoop:
             if self.run_info.eval_problems and (
                 last or (cfg.trainer.eval_every and step % cfg.trainer.eval_every == 0)
             ):
-                self.evaluate(step)
+                self.evaluate(step, final=last)
             if last or stop.signum or (cfg.trainer.checkpoint_every and step % cfg.trainer.checkpoint_every == 0):
                 self.checkpoint(step)
             if stop.signum:
@@ -237,14 +259,46 @@ class TrainingLoop:
         tqdm.write(format_samples(step, rollout.problems[0], rollout_lines[: min(3, cfg.rollout.n)]))
         return record
 
-    def evaluate(self, step: int) -> None:
-        problems = self.run_info.eval_problems
-        prefix = self.cfg.data.response_prefix
-        prompts = [build_prompt(self.tokenizer, p.question, prefix) for p in problems]
-        texts = [response_text(prefix, t) for t in self.workers.generate_greedy(prompts)]
-        golds = [p.gold for p in problems]
-        scored = self.workers.score(texts, golds)
-        self.metrics.log({"step": step, **eval_record(texts, golds, scored.scores)})
+    def evaluate(self, step: int, final: bool) -> None:
+        """Greedy answers to the eval subset: `eval/*`. At step 0 and at the end (`final`) the answers are to the
+        final set, which contains the subset: `eval/*` is read from its subset rows and `eval_final/*` from all of
+        them, plus `eval_final/pass_at_k` with trainer.eval_pass_k. Every accuracy comes with its `.../size`."""
+        timings: dict[str, float] = {}
+        with timed(timings, "eval"):
+            problems = self.run_info.final_eval_problems if final else self.run_info.eval_problems
+            prefix = self.cfg.data.response_prefix
+            prompts = [build_prompt(self.tokenizer, p.question, prefix) for p in problems]
+            texts = [response_text(prefix, t) for t in self.workers.generate_greedy(prompts)]
+            scores = self.workers.score(texts, [p.gold for p in problems]).scores
+            subset = {p.index for p in self.run_info.eval_problems}
+            rows = [i for i, p in enumerate(problems) if p.index in subset]
+            record = _eval_metrics([problems[i] for i in rows], [texts[i] for i in rows], [scores[i] for i in rows])
+            if final:
+                final_metrics = _eval_metrics(problems, texts, scores)
+                if self.cfg.trainer.eval_pass_k:
+                    final_metrics.update(self.pass_at_k(step, prompts, problems))
+                record.update({"eval_final/" + name.removeprefix("eval/"): v for name, v in final_metrics.items()})
+        self.metrics.log({"step": step, **record, **timings})
+
+    def pass_at_k(self, step: int, prompts: list[str], problems: list[Problem]) -> dict[str, float]:
+        """k = trainer.eval_pass_k samples per question at rollout.temperature: `pass_at_k_record`.
+
+        Seeds: `request_seed(trainer.seed, -(step + 1), question)`. Training steps are >= 1, so no eval sample
+        shares a seed with a training sample. The calls take data.prompts_per_step questions at a time, as a
+        training step's do: vLLM 0.32 on CPU fails ("CPU Generator does not use offset") when a seeded request's
+        prefill is split over two scheduler steps, which one call with every question would cause.
+        """
+        k, prefix, batch = self.cfg.trainer.eval_pass_k, self.cfg.data.response_prefix, self.cfg.data.prompts_per_step
+        completions = [
+            c
+            for first in range(0, len(prompts), batch)
+            for c in self.workers.generate(
+                prompts[first : first + batch], self.cfg.trainer.seed, -(step + 1), first_index=first, n=k
+            )
+        ]
+        texts = [response_text(prefix, c.text) for c in completions]
+        golds = [problems[c.prompt_index].gold for c in completions]
+        return pass_at_k_record(texts, golds, self.workers.score(texts, golds).scores, k)
 
     def checkpoint(self, step: int) -> None:
         tmp = self.run_dir.begin_checkpoint(step)

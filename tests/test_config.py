@@ -207,7 +207,32 @@ OVERRIDE_ERRORS = [
         "'collective'",
         id="collective-on-a-shared-gpu",
     ),
+    pytest.param(["trainer.final_eval_size=-2"], "trainer.final_eval_size", "-2", id="final-eval-below-full"),
+    # smaller than the subset it must contain (eval_size defaults to 50)
+    pytest.param(["trainer.final_eval_size=20"], "trainer.final_eval_size", "20", id="final-eval-below-subset"),
+    pytest.param(
+        ["trainer.eval_size=0", "trainer.final_eval_size=-1"], "trainer.final_eval_size", "-1", id="final-eval-off"
+    ),
+    pytest.param(["trainer.eval_pass_k=-1"], "trainer.eval_pass_k", "-1", id="negative-pass-k"),
+    pytest.param(["trainer.eval_size=0", "trainer.eval_pass_k=4"], "trainer.eval_pass_k", "4", id="pass-k-eval-off"),
 ]
+
+
+@pytest.mark.parametrize(
+    ("final_eval_size", "eval_size", "test_rows", "expected"),
+    [(0, 50, 1319, 50), (-1, 50, 1319, 1319), (500, 50, 1319, 500), (500, 50, 300, 300), (0, 50, 20, 20)],
+)
+def test_final_eval_rows(final_eval_size: int, eval_size: int, test_rows: int, expected: int) -> None:
+    overrides = [f"trainer.final_eval_size={final_eval_size}", f"trainer.eval_size={eval_size}"]
+    assert load_config(None, overrides).trainer.final_eval_rows(test_rows) == expected
+
+
+def test_learning_config_evaluates_the_full_split_and_a_subset(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(REPO_ROOT)
+    cfg = load_config(REPO_ROOT / "configs" / "gsm8k_smollm2_cpu.yaml")
+    assert cfg.trainer.final_eval_rows(1319) == 1319
+    assert (cfg.trainer.eval_size, cfg.trainer.eval_every, cfg.trainer.eval_pass_k) == (500, 50, 4)
+    assert cfg.trainer.total_steps == 200 and cfg.data.dynamic_sampling
 
 
 @pytest.mark.parametrize(("overrides", "key", "value"), OVERRIDE_ERRORS)

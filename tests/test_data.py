@@ -23,10 +23,10 @@ from cluster.data import (
     response_text,
     step_problem_indices,
 )
-from rewards.reward_functions import normalize_number, score
+from rewards.reasoning import is_trivial_think
+from rewards.reward_functions import extract_answer, normalize_number, score
 
 NUMBER = re.compile(r"-?\d+(\.\d+)?")
-FORMAT = "<think>\n...\n</think>\n<answer>\n...\n</answer>"
 GOOD_ROW = {"question": "Tom has 3 apples and buys 4 more. How many apples does he have?", "answer": "3+4=7\n#### 7"}
 
 
@@ -176,8 +176,30 @@ def smollm2_tokenizer(smollm2_dir: Path):
     return transformers.AutoTokenizer.from_pretrained(smollm2_dir)
 
 
-def test_system_prompt_states_the_format() -> None:
-    assert FORMAT in SYSTEM_PROMPT
+# The worked example: a question line, then the answer in the exact layout the rewards check.
+EXAMPLE = re.compile(r"Question: (?P<question>[^\n]+)\n(?P<answer><think>\n.*</answer>)", re.DOTALL)
+
+
+def test_system_prompt_has_no_copyable_placeholder() -> None:
+    # The 60-step run's policy copied the old format line's "..." into <think> (docs/results.md section 1).
+    assert "..." not in SYSTEM_PROMPT and "…" not in SYSTEM_PROMPT
+    assert SYSTEM_PROMPT.count("<think>\n") == 1  # the tags are shown once, inside the example
+
+
+def test_system_prompt_example_is_in_the_strict_format_and_reasons() -> None:
+    example = EXAMPLE.search(SYSTEM_PROMPT)
+    assert example is not None and SYSTEM_PROMPT.endswith(example["answer"])
+    gold = extract_answer(example["answer"])
+    assert gold is not None and NUMBER.fullmatch(gold)
+    # The reward functions themselves: full marks, the strict format included.
+    assert score(example["answer"], gold) == {
+        "correctness": 2.0,
+        "digit": 0.5,
+        "hard_format": 0.5,
+        "mark": 0.5,
+        "total": 3.5,
+    }
+    assert not is_trivial_think(example["answer"], example["question"])
 
 
 def test_build_prompt_with_smollm2_template(smollm2_tokenizer) -> None:
@@ -187,7 +209,6 @@ def test_build_prompt_with_smollm2_template(smollm2_tokenizer) -> None:
     system_at = prompt.index("<|im_start|>system\n" + SYSTEM_PROMPT + "<|im_end|>")
     user_at = prompt.index("<|im_start|>user\n" + question + "<|im_end|>")
     assert system_at < user_at
-    assert FORMAT in prompt
     assert prompt.endswith("<|im_start|>assistant\n")
     assert prompt.count("<|im_start|>assistant") == 1
 
@@ -295,6 +316,17 @@ def test_eval_indices_fixed_and_sized(num_rows: int, eval_size: int, expected: i
     assert len(set(indices)) == expected
     assert indices == sorted(indices)
     assert all(0 <= i < num_rows for i in indices)
+
+
+def test_eval_subset_is_inside_every_larger_eval_set() -> None:
+    # trainer.eval_size's subset is read from the final eval's answers (cluster/trainer.py::evaluate).
+    subset = set(eval_problem_indices(1319, 500, seed=0))
+    assert subset < set(eval_problem_indices(1319, 800, seed=0)) < set(eval_problem_indices(1319, 1319, seed=0))
+
+
+def test_build_prompt_takes_another_system_prompt(smollm2_tokenizer) -> None:
+    prompt = build_prompt(smollm2_tokenizer, "What is 2 + 2?", "<think>\n", system_prompt="Be brief.")
+    assert "<|im_start|>system\nBe brief.<|im_end|>" in prompt and SYSTEM_PROMPT not in prompt
 
 
 def test_eval_indices_zero_and_seeds() -> None:

@@ -1,32 +1,53 @@
-"""bench/run_summary.py turns a run's metrics.jsonl into the tables of docs/results.md: check it on a written file."""
+"""bench/run_summary.py turns a run's metrics.jsonl into the tables of docs/results.md: check it on a written file.
+
+The Wilson intervals in the expected lines are computed by hand (z = 1.95996398, z^2 = 3.84145882):
+- 0/200: (0, z^2 / (200 + z^2)) = (0, 3.84145882 / 203.84145882) = (0, 0.01885)
+- 10/200: 1 + z^2/n = 1.01920729; center = (0.05 + 0.00960365) / 1.01920729 = 0.05848039;
+  half = 1.95996398 * sqrt(0.05 * 0.95 / 200 + 3.84145882 / 160000) / 1.01920729
+       = 1.95996398 * 0.01617124 / 1.01920729 = 0.03109770 -> (0.02738, 0.08958)
+- 1/200: center = (0.005 + 0.00960365) / 1.01920729 = 0.01432851; half = 1.95996398 * sqrt(0.005 * 0.995 / 200
+  + 0.00002401) / 1.01920729 = 1.95996398 * 0.00702306 / 1.01920729 = 0.01350540 -> (0.00082, 0.02783)
+"""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
-from bench.run_summary import markdown, read_metrics, reward_rows, step_times
+import pytest
+
+from bench.run_summary import correctness_difference, markdown, read_metrics, reward_rows, step_times
 
 
-def _write_run(path: Path, steps: int) -> None:
-    lines = [
-        {
-            "step": 0,
-            "eval/accuracy_strict": 0.0,
-            "eval/accuracy_lenient": 0.1,
-            "eval/reward_mean": 0.3,
-            "eval/size": 200,
-        }
-    ]
+def _eval(step: int, strict: float, lenient: float, size: int = 200, **extra: Any) -> dict[str, Any]:
+    return {
+        "step": step,
+        "eval/accuracy_strict": strict,
+        "eval/accuracy_lenient": lenient,
+        "eval/reward_mean": 0.3 + step / 10,
+        "eval/size": size,
+        **extra,
+    }
+
+
+def _write_run(path: Path, steps: int, evals: list[dict[str, Any]] | None = None) -> None:
+    """Steps 1..steps; correctness 0 in the first 20 steps and 0.5 after, trivial think 0.5 then 0.25."""
+    if evals is None:
+        evals = [_eval(0, 0.0, 0.1), _eval(steps, 0.05, 0.2)]
+    lines = [evals[0]]
     for step in range(1, steps + 1):
         lines.append(
             {
                 "step": step,
                 "rewards/mean": float(step),
+                "rewards/correctness/mean": 0.0 if step <= 20 else 0.5,
                 "rewards/mark/mean": step / 10,
                 "rewards/zero_std_frac": 0.5,
                 "rollout/tokens_mean": 100.0,
                 "rollout/stopped_frac": 0.25,
+                "rollout/trivial_think_frac": 0.5 if step <= 20 else 0.25,
+                "rollout/think_words_mean": 40.0,
                 "time/step": 60.0 + step,
                 "time/rollout": 10.0,
                 "time/reward": 0.01,
@@ -36,15 +57,7 @@ def _write_run(path: Path, steps: int) -> None:
                 "train/skipped_steps": 0,
             }
         )
-    lines.append(
-        {
-            "step": steps,
-            "eval/accuracy_strict": 0.05,
-            "eval/accuracy_lenient": 0.2,
-            "eval/reward_mean": 1.5,
-            "eval/size": 200,
-        }
-    )
+        lines += [e for e in evals[1:] if e["step"] == step]
     path.write_text("".join(json.dumps(line) + "\n" for line in lines))
 
 
@@ -56,11 +69,63 @@ def test_first_and_last_five_steps_and_evals(tmp_path: Path) -> None:
     rows = {name: (first, last) for name, first, last in reward_rows(steps)}
     assert rows["rewards/mean"] == (3.0, 10.0)  # mean of 1..5 and of 8..12
     assert rows["rewards/mark/mean"] == (0.3, 1.0)
+    assert rows["rollout/trivial_think_frac"] == (0.5, 0.5)
     text = markdown(metrics)
     assert "| `rewards/mean` | 3.000 | 10.000 | +7.000 |" in text
-    assert "| `eval/accuracy_strict` | 0.000 | 0.050 |" in text
+    assert "| `rollout/trivial_think_frac` | 0.500 | 0.500 | +0.000 |" in text
+    assert "| `eval/accuracy_strict` | 0.000 [0.000, 0.019] | 0.050 [0.027, 0.090] | no |" in text
+    assert "| `eval/accuracy_lenient` | 0.100 [" in text
     assert "| `time/step` | 66.5 |" in text  # median of 61..72
     assert "Faults during the run: none" in text
+    assert "bootstrap" not in text  # 12 steps: too short for two 20-step windows
+
+
+def test_correctness_windows_and_the_bootstrap_difference(tmp_path: Path) -> None:
+    metrics = tmp_path / "metrics.jsonl"
+    _write_run(metrics, steps=45)
+    steps, _ = read_metrics(metrics)
+    # First 20 steps all 0, last 20 all 0.5: every resample gives the same difference.
+    assert correctness_difference(steps) == (0.0, 0.5, 0.5, 0.5, 0.5)
+    text = markdown(metrics)
+    assert "last 20 steps 0.500, difference +0.500, bootstrap 95% interval [+0.500, +0.500]" in text
+    assert "| `rollout/trivial_think_frac` | 0.500 | 0.250 | -0.250 |" in text
+
+
+def _final(strict: float, pass_at_k: float) -> dict[str, float]:
+    """The `eval_final/*` part of a step-0 or final eval record, 200 questions, pass@4."""
+    return {
+        "eval_final/accuracy_strict": strict,
+        "eval_final/accuracy_lenient": strict,
+        "eval_final/reward_mean": 0.5,
+        "eval_final/size": 200,
+        "eval_final/pass_at_k": pass_at_k,
+        "eval_final/pass_at_k_lenient": pass_at_k,
+        "eval_final/pass_k": 4,
+        "eval_final/trivial_think_frac": 0.25,
+    }
+
+
+def test_final_eval_pass_at_k_and_the_subset_curve(tmp_path: Path) -> None:
+    metrics = tmp_path / "metrics.jsonl"
+    evals = [
+        _eval(0, 0.0, 0.005, **_final(0.005, 0.0)),
+        _eval(6, 0.005, 0.01),
+        _eval(12, 0.05, 0.05, **_final(0.05, 0.05)),
+    ]
+    _write_run(metrics, steps=12, evals=evals)
+    text = markdown(metrics)
+    assert "| `eval_final/accuracy_strict` | 0.005 [0.001, 0.028] | 0.050 [0.027, 0.090] | yes |" in text
+    assert "| `eval_final/pass_at_k` (k = 4) | 0.000 [0.000, 0.019] | 0.050 [0.027, 0.090] | no |" in text
+    assert "| `eval_final/pass_at_k_lenient` (k = 4) | 0.000 [0.000, 0.019] | 0.050 [0.027, 0.090] | no |" in text
+    assert "| `eval_final/trivial_think_frac` | 0.250 | 0.250 | |" in text
+    assert "| 6 | 0.005 [0.001, 0.028] | 0.010 [" in text  # the subset at every eval step
+
+
+def test_an_accuracy_that_is_no_count_of_its_questions_is_refused(tmp_path: Path) -> None:
+    metrics = tmp_path / "metrics.jsonl"
+    _write_run(metrics, steps=12, evals=[_eval(0, 0.0, 0.1), _eval(12, 0.0523, 0.2)])
+    with pytest.raises(SystemExit, match="not a count out of 200"):
+        markdown(metrics)
 
 
 def test_step_times_of_a_short_run(tmp_path: Path) -> None:
