@@ -80,8 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--questions", type=int, default=32, help="train questions (N)")
     parser.add_argument("--n", type=int, default=4, help="samples per question")
-    # vLLM 0.32 on CPU fails ("CPU Generator does not use offset") when a seeded request's prefill is split over
-    # two scheduler steps, i.e. when one call's prompts exceed the 4,096-token step budget: generate in batches.
+    # Batches as in docs/results/prompt_probe.txt (made in batches of 8 when chunked prefill still crashed seeded
+    # calls over the 4,096-token step budget; the engines now take whole prompts only, actors/rollout.py).
     parser.add_argument("--batch", type=int, default=8, help="questions per generate call")
     parser.add_argument("--config", default=str(REPO_ROOT / "configs" / "gsm8k_smollm2_cpu.yaml"))
     parser.add_argument("overrides", nargs="*", help="section.key=value, as for cluster/launch.py")

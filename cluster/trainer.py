@@ -284,18 +284,10 @@ class TrainingLoop:
         """k = trainer.eval_pass_k samples per question at rollout.temperature: `pass_at_k_record`.
 
         Seeds: `request_seed(trainer.seed, -(step + 1), question)`. Training steps are >= 1, so no eval sample
-        shares a seed with a training sample. The calls take data.prompts_per_step questions at a time, as a
-        training step's do: vLLM 0.32 on CPU fails ("CPU Generator does not use offset") when a seeded request's
-        prefill is split over two scheduler steps, which one call with every question would cause.
+        shares a seed with a training sample.
         """
-        k, prefix, batch = self.cfg.trainer.eval_pass_k, self.cfg.data.response_prefix, self.cfg.data.prompts_per_step
-        completions = [
-            c
-            for first in range(0, len(prompts), batch)
-            for c in self.workers.generate(
-                prompts[first : first + batch], self.cfg.trainer.seed, -(step + 1), first_index=first, n=k
-            )
-        ]
+        k, prefix = self.cfg.trainer.eval_pass_k, self.cfg.data.response_prefix
+        completions = self.workers.generate(prompts, self.cfg.trainer.seed, -(step + 1), n=k)
         texts = [response_text(prefix, c.text) for c in completions]
         golds = [problems[c.prompt_index].gold for c in completions]
         return pass_at_k_record(texts, golds, self.workers.score(texts, golds).scores, k)
