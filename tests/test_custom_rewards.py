@@ -2,20 +2,15 @@
 
 A module outside the repo on the driver's PYTHONPATH (`module:function`) and a plain file (`path/to/file.py:function`)
 must reach the reward workers of every node: the actors' PYTHONPATH is the repo root only, so Ray ships them
-(`runtime_env["py_modules"]`). The end-to-end run uses a real 2-node cluster (two raylets on this host, started with
-`ray start` here and stopped by their process groups only).
+(`runtime_env["py_modules"]`). The end-to-end run uses a real 2-node cluster (two raylets on this host,
+`tests/ray_nodes.py`).
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import signal
 import subprocess
 import sys
-import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,7 +20,7 @@ from actors.reward import RewardScorer
 from actors.reward_specs import custom_reward_sources, resolve_reward_functions, worker_spec
 from cluster.step import eval_record
 from tests.conftest import REPO_ROOT, launch_command, tiny_run_overrides
-from tests.test_ray_job import VENV_BIN, _free_ports
+from tests.ray_nodes import RayCluster, ray_env
 
 LENGTH_REWARD = '''
 def length_reward(completions, answers):
@@ -112,68 +107,13 @@ def test_eval_record_with_any_reward_functions() -> None:
     assert builtin["eval/accuracy_strict"] == 0.5 and builtin["eval/correctness/mean"] == 0.5
 
 
-def _ray_start(*args: str, env: dict[str, str]) -> subprocess.Popen:
-    return subprocess.Popen(
-        [str(VENV_BIN / "ray"), "start", "--block", *args],
-        cwd=REPO_ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,  # its own process group: stopped below by that group, nothing else
-    )
-
-
-def _wait_for_nodes(address: str, count: int, env: dict[str, str]) -> None:
-    """Poll `ray status` until the cluster at `address` has `count` live nodes (a node takes seconds to join)."""
-    status = None
-    for _ in range(60):
-        status = subprocess.run(
-            [str(VENV_BIN / "ray"), "status", f"--address={address}"], env=env, capture_output=True, text=True
-        )
-        if status.returncode == 0 and status.stdout.count(" node_") >= count:
-            return
-        time.sleep(1)
-    raise AssertionError(f"{count} nodes did not come up: {status.stdout if status else ''}")
-
-
 def test_custom_rewards_on_a_two_node_cluster(
     user_rewards: tuple[Path, Path], tiny_model_dir: Path, tmp_path: Path
 ) -> None:
+    """The reward workers run on the second node (`reward.resource`): only what Ray ships reaches them there."""
     module_dir, vowels = user_rewards
-    env = {**os.environ, "PATH": f"{VENV_BIN}:{os.environ['PATH']}", "RAY_AUTH_MODE": "disabled"}
-    env.pop("RAY_ADDRESS", None)
-    ray_tmp = tempfile.mkdtemp(prefix="rayrew-", dir="/tmp")  # Ray's socket paths must stay under 107 bytes
-    gcs, client, *ports = _free_ports(12)
-    node_ports = [
-        "--dashboard-agent-listen-port",
-        "--dashboard-agent-grpc-port",
-        "--runtime-env-agent-port",
-        "--metrics-export-port",
-        "--node-manager-port",
-    ]
-    head = _ray_start(
-        "--head",
-        f"--port={gcs}",
-        "--num-cpus=4",
-        "--include-dashboard=false",
-        f"--ray-client-server-port={client}",
-        f"--temp-dir={ray_tmp}",
-        *(f"{flag}={port}" for flag, port in zip(node_ports, ports[:5], strict=True)),
-        env=env,
-    )
-    nodes = [head]
-    try:
-        address = f"127.0.0.1:{gcs}"
-        _wait_for_nodes(address, 1, env)
-        nodes.append(
-            _ray_start(
-                f"--address={address}",
-                "--num-cpus=4",
-                *(f"{flag}={port}" for flag, port in zip(node_ports, ports[5:10], strict=True)),
-                env=env,
-            )
-        )
-        _wait_for_nodes(address, 2, env)
+    with RayCluster(head_cpus=4) as cluster:
+        cluster.add_node(cpus=4, resources={"reward_node": 2})
         run_dir = tmp_path / "run"
         functions = f"correctness,myrewards:length_reward,{vowels}:vowel_share"
         overrides = tiny_run_overrides(
@@ -184,10 +124,11 @@ def test_custom_rewards_on_a_two_node_cluster(
             "trainer.eval_size=4",
             "data.prompts_per_step=2",
             "reward.num_workers=2",
+            "reward.resource=reward_node",
             f"reward.functions={functions}",
         )
         # The user's module is importable by the driver through PYTHONPATH only, as for a user.
-        driver_env = {**env, "RAY_ADDRESS": address, "PYTHONPATH": str(module_dir)}
+        driver_env = {**ray_env(), "RAY_ADDRESS": cluster.address, "PYTHONPATH": str(module_dir)}
         proc = subprocess.run(
             launch_command(overrides), cwd=REPO_ROOT, env=driver_env, capture_output=True, text=True, timeout=600
         )
@@ -204,8 +145,3 @@ def test_custom_rewards_on_a_two_node_cluster(
             assert "eval/accuracy_strict" not in record  # hard_format is not configured
         lines = [json.loads(line) for line in (run_dir / "rollouts.jsonl").read_text().splitlines()]
         assert all(set(line["rewards"]) == {"correctness", "length_reward", "vowel_share"} for line in lines)
-    finally:
-        for node in reversed(nodes):
-            os.killpg(node.pid, signal.SIGTERM)
-            node.wait(timeout=60)
-        shutil.rmtree(ray_tmp, ignore_errors=True)
