@@ -8,7 +8,7 @@
 #   make bench-trl      bench/vs_trl.py, this project's step against TRL's GRPOTrainer in fp32 and bf16 (installs
 #                       the `bench` extra)
 #   make bench-learner  11 min: bench/learner.py, the learner step with each saving in turn, vs the cores' matmul rate
-#   make bench-overlap  bench/overlap.py, step time with the rollout one step ahead of training (k = 1) vs k = 0
+#   make bench-overlap   7 min: bench/overlap.py, step time with the rollout one step ahead of training (k = 1) vs k = 0
 # Both are idempotent: the install is skipped while .venv/.installed is newer than pyproject.toml.
 
 PYTHON ?= python3
