@@ -81,6 +81,7 @@ class RolloutStage:
         rounds = cfg.data.max_sampling_rounds if cfg.data.dynamic_sampling else 1
         problems: list[Problem] = []
         completions: list[Completion] = []
+        responses: list[str] = []
         parts: list[ScoredBatch] = []
         timings = {"time/rollout": 0.0, "time/reward": 0.0}
         busy: list[tuple[float, float]] = []
@@ -91,18 +92,19 @@ class RolloutStage:
             first = len(problems)
             problems += [self.train_problems[i] for i in rows]
             taken += rows
-            prefix = cfg.data.response_prefix
+            prefix = cfg.data.response_prefix  # scored as part of the response
             prompts = [build_prompt(self.tokenizer, p.question, prefix) for p in problems[first:]]
             start = time.monotonic()
             sampled = self.workers.generate(prompts, cfg.trainer.seed, step, first_index=first)
             middle = time.monotonic()
-            responses = [response_text(prefix, c.text) for c in sampled]
-            parts.append(self.workers.score(responses, [problems[c.prompt_index].gold for c in sampled]))
+            scored_texts = [response_text(prefix, c.text) for c in sampled]
+            parts.append(self.workers.score(scored_texts, [problems[c.prompt_index].gold for c in sampled]))
             end = time.monotonic()
             timings["time/rollout"] += middle - start
             timings["time/reward"] += end - middle
             busy += [(start, middle), (middle, end)]
             completions += sampled
+            responses += scored_texts
             totals = torch.tensor([s["total"] for s in parts[-1].scores], dtype=torch.float64)  # (new groups * n,)
             kept_groups += int(_has_spread(totals, cfg.rollout.n).sum())
             round_ += 1
@@ -121,7 +123,7 @@ class RolloutStage:
             step=step,
             problems=problems,
             completions=completions,
-            responses=[response_text(cfg.data.response_prefix, c.text) for c in completions],
+            responses=responses,
             scored=scored,
             advantages=advantages.tolist(),
             trained=trained,
