@@ -8,6 +8,14 @@ logged it); `rewards/correctness/mean` of the first 20 against the last 20 steps
 the difference (`cluster/stats.py`: 10,000 resamples, seed 0); the evals (`eval/*` on the eval subset and, where
 logged, `eval_final/*` on the step-0 and final eval set) at the first and last eval step with 95% Wilson intervals
 of each accuracy and pass@k, and every eval step of the subset; and step time (median, and the phase medians).
+
+    .venv/bin/python bench/run_summary.py --sample RUN_DIR docs/results
+    .venv/bin/python bench/run_summary.py --answers docs/results/eval_answers_sample.jsonl
+
+`--sample` keeps the small part of a run directory that docs/results holds: rollouts.jsonl of the first and last
+training step (`rollouts_sample.jsonl`) and, from eval_answers.jsonl, the answers to the first QUESTIONS rows of
+the test split at the first and last eval that answered them (`eval_answers_sample.jsonl`). `--answers` prints
+those questions with the two answers side by side: the rule is "the first rows of the test split", not a choice.
 """
 
 from __future__ import annotations
@@ -34,6 +42,8 @@ PHASES = ("time/step", "time/rollout", "time/reward", "time/train", "time/sync")
 REASONING = ("rollout/trivial_think_frac", "rollout/think_words_mean")
 # Proportions of the eval questions: reported with Wilson intervals (`<prefix>/size` questions each).
 PROPORTIONS = ("accuracy_strict", "accuracy_lenient", "pass_at_k", "pass_at_k_lenient")
+# The held-out questions shown side by side: test rows 0..QUESTIONS-1.
+QUESTIONS = 5
 
 
 def read_metrics(path: Path, window: int = WINDOW) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -147,12 +157,74 @@ def step_times(path: Path) -> str:
     return "\n".join(out)
 
 
+def _jsonl(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _write_jsonl(path: Path, records: list[dict[str, Any]]) -> None:
+    path.write_text("".join(json.dumps(record) + "\n" for record in records))
+
+
+def first_rows_at_the_ends(answers: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The answers to test rows 0..QUESTIONS-1 at the first and the last eval step that answered all of them."""
+    wanted = set(range(QUESTIONS))
+    rows_at: dict[int, set[int]] = {}
+    for answer in answers:
+        rows_at.setdefault(answer["step"], set()).add(answer["test_index"])
+    steps = sorted(step for step, rows in rows_at.items() if wanted <= rows)
+    if len(steps) < 2:
+        raise SystemExit(f"fewer than two evals answered test rows 0..{QUESTIONS - 1}")
+    ends = (steps[0], steps[-1])
+    kept = [a for a in answers if a["step"] in ends and a["test_index"] in wanted]
+    return sorted(kept, key=lambda a: (a["test_index"], a["step"]))
+
+
+def write_sample(run_dir: Path, out_dir: Path) -> None:
+    rollouts = _jsonl(run_dir / "rollouts.jsonl")
+    ends = (min(r["step"] for r in rollouts), max(r["step"] for r in rollouts))
+    _write_jsonl(out_dir / "rollouts_sample.jsonl", [r for r in rollouts if r["step"] in ends])
+    _write_jsonl(out_dir / "eval_answers_sample.jsonl", first_rows_at_the_ends(_jsonl(run_dir / "eval_answers.jsonl")))
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", "<br>")
+
+
+def answers_side_by_side(path: Path) -> str:
+    """Markdown: per question, its gold answer and the greedy answers of the first and last eval with their rewards."""
+    answers = first_rows_at_the_ends(_jsonl(path))
+    first, last = answers[0]["step"], answers[1]["step"]
+    out: list[str] = []
+    for before, after in zip(answers[::2], answers[1::2], strict=True):
+        rewards = [" ".join(f"{k}={v:g}" for k, v in a["rewards"].items()) for a in (before, after)]
+        out += [
+            f"**Test row {before['test_index']}** (gold {before['gold']}): {_cell(before['question'])}",
+            "",
+            f"| step {first} | step {last} |",
+            "|---|---|",
+            f"| {_cell(before['completion'])} | {_cell(after['completion'])} |",
+            f"| {rewards[0]} | {rewards[1]} |",
+            "",
+        ]
+    return "\n".join(out)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("metrics", type=Path, help="a run's metrics.jsonl")
+    parser.add_argument("metrics", type=Path, nargs="?", help="a run's metrics.jsonl")
     parser.add_argument("--plot", type=Path, help="also redraw the run's reward curves (rewards.png) here")
     parser.add_argument("--times", action="store_true", help="only each step's phase times and their median")
+    parser.add_argument("--sample", type=Path, nargs=2, metavar=("RUN_DIR", "OUT_DIR"), help="write the samples")
+    parser.add_argument("--answers", type=Path, help="print an eval_answers sample's questions side by side")
     args = parser.parse_args(argv)
+    if args.sample:
+        write_sample(*args.sample)
+        return 0
+    if args.answers:
+        print(answers_side_by_side(args.answers))
+        return 0
+    if args.metrics is None:
+        parser.error("give a metrics.jsonl, --sample or --answers")
     if args.times:
         print(step_times(args.metrics))
         return 0

@@ -319,8 +319,8 @@ class TrainerConfig:
     """Test questions of the larger eval at step 0 and at the end (`eval_final/*`): 0 = the eval subset,
     -1 (`FULL_TEST_SPLIT`) = the whole test split, N >= eval_size = a fixed N that contains the subset."""
     eval_pass_k: int = 0
-    """At step 0 and at the end, also sample this many answers per final-eval question at rollout.temperature and
-    log `eval_final/pass_at_k` (0: off)."""
+    """At step 0 and at the end, also sample this many answers per eval-subset question at rollout.temperature and
+    log `eval/pass_at_k` (0: off)."""
     checkpoint_every: int = 5
     """Checkpoint every this many steps (0: only at the end)."""
     keep_checkpoints: int = 2

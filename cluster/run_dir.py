@@ -4,6 +4,7 @@
       config.yaml          the resolved config
       metrics.jsonl        one line per step and per eval (same names as wandb)
       rollouts.jsonl       one line per completion
+      eval_answers.jsonl   one line per greedy eval answer (step, test row, completion, rewards)
       checkpoints/step_N/  learner shards (torch.distributed.checkpoint) + trainer_state.json
       rewards.png          reward curves, redrawn every step
       final/               the trained policy as an HF folder
@@ -59,11 +60,14 @@ class RunDir:
         self.config_path = self.root / "config.yaml"
         self.metrics_path = self.root / "metrics.jsonl"
         self.rollouts_path = self.root / "rollouts.jsonl"
+        self.eval_answers_path = self.root / "eval_answers.jsonl"
         self.checkpoints = self.root / "checkpoints"
         self.plot_path = self.root / "rewards.png"
         self.final = self.root / "final"
         self.wandb_id_path = self.root / "wandb_id.txt"
         self.wandb_dir = self.root / "wandb"
+        # The jsonl files with a line per step (or eval step): a resumed run drops their lines after the checkpoint.
+        self.step_files = (self.metrics_path, self.rollouts_path, self.eval_answers_path)
 
     # ---- checks, before anything is written -----------------------------------------------------------------
 
@@ -98,7 +102,7 @@ class RunDir:
         """Create (or, when overwriting a fresh run, clear) the directory and record the resolved config."""
         if resume_step == 0 and self.root.exists():
             # The wandb id goes too: a replaced run is a new wandb run; only a resumed one continues the old id.
-            for path in (self.metrics_path, self.rollouts_path, self.plot_path, self.config_path, self.wandb_id_path):
+            for path in (*self.step_files, self.plot_path, self.config_path, self.wandb_id_path):
                 path.unlink(missing_ok=True)
             for folder in (self.checkpoints, self.final, self.wandb_dir):
                 shutil.rmtree(folder, ignore_errors=True)
@@ -106,7 +110,7 @@ class RunDir:
         self.checkpoints.mkdir(exist_ok=True)
         _atomic_write(self.config_path, config_to_yaml(cfg))
         if resume_step:
-            for path in (self.metrics_path, self.rollouts_path):
+            for path in self.step_files:
                 self._truncate_after(path, resume_step)
 
     @staticmethod

@@ -262,7 +262,9 @@ class TrainingLoop:
     def evaluate(self, step: int, final: bool) -> None:
         """Greedy answers to the eval subset: `eval/*`. At step 0 and at the end (`final`) the answers are to the
         final set, which contains the subset: `eval/*` is read from its subset rows and `eval_final/*` from all of
-        them, plus `eval_final/pass_at_k` with trainer.eval_pass_k. Every accuracy comes with its `.../size`."""
+        them; with trainer.eval_pass_k also `eval/pass_at_k` on the subset (k samples per question cost k greedy
+        evals: on the full split that would be most of a CPU run's time). Every accuracy comes with its
+        `.../size`. Each greedy answer is a line of eval_answers.jsonl."""
         timings: dict[str, float] = {}
         with timed(timings, "eval"):
             problems = self.run_info.final_eval_problems if final else self.run_info.eval_problems
@@ -275,9 +277,14 @@ class TrainingLoop:
             record = _eval_metrics([problems[i] for i in rows], [texts[i] for i in rows], [scores[i] for i in rows])
             if final:
                 final_metrics = _eval_metrics(problems, texts, scores)
-                if self.cfg.trainer.eval_pass_k:
-                    final_metrics.update(self.pass_at_k(step, prompts, problems))
                 record.update({"eval_final/" + name.removeprefix("eval/"): v for name, v in final_metrics.items()})
+                if self.cfg.trainer.eval_pass_k:
+                    record.update(self.pass_at_k(step, [prompts[i] for i in rows], [problems[i] for i in rows]))
+        answers = [
+            {"step": step, "test_index": p.index, "question": p.question, "gold": p.gold, "completion": t, "rewards": r}
+            for p, t, r in zip(problems, texts, scores, strict=True)
+        ]
+        self.run_dir.append(self.run_dir.eval_answers_path, answers)
         self.metrics.log({"step": step, **record, **timings})
 
     def pass_at_k(self, step: int, prompts: list[str], problems: list[Problem]) -> dict[str, float]:

@@ -120,7 +120,8 @@ class LearnerRank:
         self.model = _sharded(ScoredPolicy(lm, temperature, LOGPROB_CHUNK_TOKENS), shard)
         # The KL reference is the initial policy, frozen: sharded like the policy, no optimizer state, and in bf16
         # when the policy computes in bf16. Casting the fp32 weights (not the buffers: rotary frequencies stay fp32)
-        # gives exactly the bf16 weights FSDP's mixed precision computes with, so at step 1 the KL is exactly 0.
+        # gives exactly the bf16 weights FSDP's mixed precision computes with, so at step 1 the KL is 0 (up to
+        # the rounding of kernels that differ between a forward under autograd and one under no_grad).
         # It is never checkpointed: a resumed run reloads it from model_dir, which holds the same initial weights.
         self.reference: ScoredPolicy | None = None
         if cfg.kl_coef > 0:

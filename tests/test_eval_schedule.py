@@ -1,5 +1,6 @@
 """The eval schedule through `cluster/launch.py` on the tiny model: the subset every `eval_every` steps, the larger
-final set and pass@k at step 0 and at the end, and the per-step trivial-reasoning metrics."""
+final set (and pass@k on the subset) at step 0 and at the end, the eval answers file, and the per-step
+trivial-reasoning metrics."""
 
 from __future__ import annotations
 
@@ -69,17 +70,27 @@ def test_subset_every_step_final_set_and_pass_at_k_at_the_ends(tiny_model_dir: P
             assert not final_keys
             continue
         assert record["eval_final/size"] == FINAL_EVAL_SIZE
-        assert record["eval_final/pass_k"] == PASS_K
-        # a share of the FINAL_EVAL_SIZE questions (greedy can be right where every sample is wrong: no order)
-        passed = record["eval_final/pass_at_k"] * FINAL_EVAL_SIZE
-        assert 0 <= passed <= FINAL_EVAL_SIZE and abs(passed - round(passed)) < 1e-9
+        assert record["eval/pass_k"] == PASS_K  # pass@k on the subset
+        # a share of the EVAL_SIZE questions (greedy can be right where every sample is wrong: no order)
+        passed = record["eval/pass_at_k"] * EVAL_SIZE
+        assert 0 <= passed <= EVAL_SIZE and abs(passed - round(passed)) < 1e-9
+        assert 0 <= record["eval/pass_at_k_lenient"] <= 1
         assert {
-            "eval_final/pass_at_k_lenient",
             "eval_final/accuracy_lenient",
             "eval_final/reward_mean",
             "eval_final/trivial_think_frac",
             "eval_final/think_words_mean",
         } <= final_keys
+
+    # Every greedy answer is in eval_answers.jsonl: the final set at the ends, the subset in between.
+    answers = [json.loads(line) for line in (run_dir / "eval_answers.jsonl").read_text().splitlines()]
+    per_step = {step: [a for a in answers if a["step"] == step] for step in evals}
+    sizes = {step: len(lines) for step, lines in per_step.items()}
+    assert sizes == {0: FINAL_EVAL_SIZE, 1: EVAL_SIZE, 2: FINAL_EVAL_SIZE}
+    assert {a["test_index"] for a in per_step[1]} < {a["test_index"] for a in per_step[0]}
+    for step, lines in per_step.items():
+        mean = sum(a["rewards"]["total"] for a in lines) / len(lines)
+        assert evals[step]["eval_final/reward_mean" if step != 1 else "eval/reward_mean"] == pytest.approx(mean)
 
     # The step's trivial-reasoning metrics are those of its rollouts.jsonl lines.
     lines = [json.loads(line) for line in (run_dir / "rollouts.jsonl").read_text().splitlines()]

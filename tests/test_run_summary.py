@@ -92,16 +92,16 @@ def test_correctness_windows_and_the_bootstrap_difference(tmp_path: Path) -> Non
 
 
 def _final(strict: float, pass_at_k: float) -> dict[str, float]:
-    """The `eval_final/*` part of a step-0 or final eval record, 200 questions, pass@4."""
+    """What a step-0 or final eval record adds: `eval_final/*` on 200 questions, and pass@4 on the subset."""
     return {
         "eval_final/accuracy_strict": strict,
         "eval_final/accuracy_lenient": strict,
         "eval_final/reward_mean": 0.5,
         "eval_final/size": 200,
-        "eval_final/pass_at_k": pass_at_k,
-        "eval_final/pass_at_k_lenient": pass_at_k,
-        "eval_final/pass_k": 4,
         "eval_final/trivial_think_frac": 0.25,
+        "eval/pass_at_k": pass_at_k,
+        "eval/pass_at_k_lenient": pass_at_k,
+        "eval/pass_k": 4,
     }
 
 
@@ -115,8 +115,8 @@ def test_final_eval_pass_at_k_and_the_subset_curve(tmp_path: Path) -> None:
     _write_run(metrics, steps=12, evals=evals)
     text = markdown(metrics)
     assert "| `eval_final/accuracy_strict` | 0.005 [0.001, 0.028] | 0.050 [0.027, 0.090] | yes |" in text
-    assert "| `eval_final/pass_at_k` (k = 4) | 0.000 [0.000, 0.019] | 0.050 [0.027, 0.090] | no |" in text
-    assert "| `eval_final/pass_at_k_lenient` (k = 4) | 0.000 [0.000, 0.019] | 0.050 [0.027, 0.090] | no |" in text
+    assert "| `eval/pass_at_k` (k = 4) | 0.000 [0.000, 0.019] | 0.050 [0.027, 0.090] | no |" in text
+    assert "| `eval/pass_at_k_lenient` (k = 4) | 0.000 [0.000, 0.019] | 0.050 [0.027, 0.090] | no |" in text
     assert "| `eval_final/trivial_think_frac` | 0.250 | 0.250 | |" in text
     assert "| 6 | 0.005 [0.001, 0.028] | 0.010 [" in text  # the subset at every eval step
 

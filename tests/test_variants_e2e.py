@@ -2,7 +2,7 @@
 model, with the KL term's three estimators spread over the runs (a recipe plus a KL term shows the keys compose).
 
 The math itself is tested against float64 loops in tests/test_grpo.py; here the check is that each setting trains
-for real and writes a complete run directory, and that the KL to the reference starts at exactly 0.
+for real and writes a complete run directory, and that the KL to the reference starts at 0.
 """
 
 from __future__ import annotations
@@ -76,8 +76,10 @@ def test_recipe_trains_and_writes_the_run_directory(tiny_model_dir: Path, tmp_pa
     if not kl_on:
         assert all(math.isnan(r["train/ref_kl"]) for r in steps.values())
         return
-    # Step 1 samples and trains at the initial weights, which the reference holds: the KL is exactly 0 there.
-    assert steps[1]["train/ref_kl"] == 0.0
+    # Step 1 samples and trains at the initial weights, which the reference holds: the KL is 0 there up to bf16
+    # rounding (the policy's forward runs under autograd, the reference's under no_grad; their kernels may round a
+    # few tokens' activations differently: one CI run logged 2.8e-7).
+    assert abs(steps[1]["train/ref_kl"]) < 1e-5
     assert all(r["train/rows_trained"] == B * N for r in steps.values())  # no zero-advantage skip with a KL term
     later = steps[STEPS]["train/ref_kl"]
     assert later > 0 if "k1" not in recipe else later != 0  # k1 is an unbiased estimate, not >= 0 per sample
