@@ -2,7 +2,7 @@
 #   make demo   installs what is missing into .venv, then trains on the offline debug config
 #   make test   installs what is missing into .venv, then runs the whole test suite
 # And the measurements of docs/results.md (never in CI; wall times measured here, recorded there):
-#   make learn          33 min: the 60-step SmolLM2 learning run (configs/gsm8k_smollm2_cpu.yaml); refuses an existing
+#   make learn          hours: the 200-step SmolLM2 learning run (configs/gsm8k_smollm2_cpu.yaml); refuses an existing
 #                       run: ARGS="trainer.resume=true" continues it, ARGS="trainer.overwrite=true" replaces it
 #   make bench-profile  20 min: bench/step_profile.py, phase times and memory per configuration, sync/reward baselines
 #   make bench-trl      bench/vs_trl.py, this project's step against TRL's GRPOTrainer in fp32 and bf16 (installs

@@ -17,7 +17,15 @@ from typing import Any
 
 import pytest
 
-from bench.run_summary import correctness_difference, markdown, read_metrics, reward_rows, step_times
+from bench.run_summary import (
+    answers_side_by_side,
+    correctness_difference,
+    main,
+    markdown,
+    read_metrics,
+    reward_rows,
+    step_times,
+)
 
 
 def _eval(step: int, strict: float, lenient: float, size: int = 200, **extra: Any) -> dict[str, Any]:
@@ -134,3 +142,41 @@ def test_step_times_of_a_short_run(tmp_path: Path) -> None:
     lines = step_times(metrics).splitlines()
     assert lines[2] == "| 1 | 61.00 | 10.00 | 0.01 | 45.00 | 1.00 |"
     assert lines[-1] == "| median | 62.00 | 10.00 | 0.01 | 45.00 | 1.00 |"
+
+
+def test_sample_keeps_the_ends_and_the_first_test_rows_side_by_side(tmp_path: Path) -> None:
+    run_dir, out = tmp_path / "run", tmp_path / "out"
+    run_dir.mkdir()
+    out.mkdir()
+    rollouts = [{"step": step, "completion": f"c{step}"} for step in (1, 2, 3)]
+    (run_dir / "rollouts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rollouts))
+    answers = [  # step 0 and 4 answer rows 0..6; step 2 only the subset rows 5 and 6
+        {
+            "step": step,
+            "test_index": row,
+            "question": f"q{row}",
+            "gold": str(row),
+            "completion": f"step {step}\nrow {row} | x",
+            "rewards": {"correctness": 2.0 * (step == 4), "total": 2.0 * (step == 4)},
+        }
+        for step, rows in ((0, range(7)), (2, (5, 6)), (4, range(7)))
+        for row in rows
+    ]
+    (run_dir / "eval_answers.jsonl").write_text("".join(json.dumps(a) + "\n" for a in answers))
+    main(["--sample", str(run_dir), str(out)])
+    kept = [json.loads(line) for line in (out / "rollouts_sample.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in kept] == [1, 3]
+    sample = [json.loads(line) for line in (out / "eval_answers_sample.jsonl").read_text().splitlines()]
+    assert [(a["test_index"], a["step"]) for a in sample] == [(row, step) for row in range(5) for step in (0, 4)]
+    text = answers_side_by_side(out / "eval_answers_sample.jsonl")
+    assert text.count("**Test row") == 5 and "| step 0 | step 4 |" in text
+    assert "| step 0<br>row 0 \\| x | step 4<br>row 0 \\| x |" in text
+    assert "| correctness=0 total=0 | correctness=2 total=2 |" in text
+
+
+def test_a_sample_needs_two_evals_of_the_first_rows(tmp_path: Path) -> None:
+    path = tmp_path / "eval_answers.jsonl"
+    one = {"step": 0, "question": "q", "gold": "1", "completion": "c", "rewards": {"total": 0.0}}
+    path.write_text("".join(json.dumps({**one, "test_index": row}) + "\n" for row in range(5)))
+    with pytest.raises(SystemExit, match="fewer than two evals"):
+        answers_side_by_side(path)
