@@ -32,6 +32,7 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from cluster.metrics import plot_rewards, reward_function_keys  # noqa: E402  (after the sys.path line above)
+from cluster.run_dir import read_jsonl  # noqa: E402
 from cluster.stats import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, bootstrap_mean_difference, wilson_interval  # noqa: E402
 
 WINDOW = 5
@@ -48,7 +49,7 @@ QUESTIONS = 5
 
 def read_metrics(path: Path, window: int = WINDOW) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(training-step records in step order, eval records in step order); at least 2 x `window` steps."""
-    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    records = read_jsonl(path)
     steps = sorted((r for r in records if "rewards/mean" in r), key=lambda r: r["step"])
     evals = sorted((r for r in records if "eval/size" in r), key=lambda r: r["step"])
     if len(steps) < 2 * window:
@@ -157,10 +158,6 @@ def step_times(path: Path) -> str:
     return "\n".join(out)
 
 
-def _jsonl(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
 def _write_jsonl(path: Path, records: list[dict[str, Any]]) -> None:
     path.write_text("".join(json.dumps(record) + "\n" for record in records))
 
@@ -180,10 +177,11 @@ def first_rows_at_the_ends(answers: list[dict[str, Any]]) -> list[dict[str, Any]
 
 
 def write_sample(run_dir: Path, out_dir: Path) -> None:
-    rollouts = _jsonl(run_dir / "rollouts.jsonl")
+    rollouts = read_jsonl(run_dir / "rollouts.jsonl")
     ends = (min(r["step"] for r in rollouts), max(r["step"] for r in rollouts))
     _write_jsonl(out_dir / "rollouts_sample.jsonl", [r for r in rollouts if r["step"] in ends])
-    _write_jsonl(out_dir / "eval_answers_sample.jsonl", first_rows_at_the_ends(_jsonl(run_dir / "eval_answers.jsonl")))
+    answers = first_rows_at_the_ends(read_jsonl(run_dir / "eval_answers.jsonl"))
+    _write_jsonl(out_dir / "eval_answers_sample.jsonl", answers)
 
 
 def _cell(text: str) -> str:
@@ -192,7 +190,7 @@ def _cell(text: str) -> str:
 
 def answers_side_by_side(path: Path) -> str:
     """Markdown: per question, its gold answer and the greedy answers of the first and last eval with their rewards."""
-    answers = first_rows_at_the_ends(_jsonl(path))
+    answers = first_rows_at_the_ends(read_jsonl(path))
     first, last = answers[0]["step"], answers[1]["step"]
     out: list[str] = []
     for before, after in zip(answers[::2], answers[1::2], strict=True):
