@@ -170,7 +170,7 @@ def profile_step(model_dir: Path, batch: Any, dtype: str, rows: int = 20) -> Non
 
     from cluster.config import LearnerConfig
     from learner.learner_rank import LearnerRank
-    from learner.sync import free_port
+    from learner.rendezvous import free_port
 
     cfg = LearnerConfig(lr=1e-6, param_dtype=dtype)
     rank = LearnerRank(0, 1, "127.0.0.1", free_port(), str(model_dir), cfg, 1.0, "bfloat16", 0)

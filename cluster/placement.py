@@ -82,12 +82,14 @@ class Workers:
             sync_dtype=cfg.rollout.dtype,
             seed=cfg.trainer.seed,
             cores=cores.learner if cores else None,
+            block=False,  # the ranks load the model while the engines start: start-up is the longer of the two
         )
         pool = RolloutPool(cfg, model_dir, cores)
         pool.engines = pool.place(cfg.rollout.num_workers, required=cfg.rollout.num_workers)
         reward = create_reward_workers(
             cfg.reward.specs, cfg.reward.timeout_s, cfg.reward.num_workers, resource=cfg.reward.resource
         )
+        learner.wait_until_ready()
         return cls(cfg, model_dir, pool, reward, learner, probe_prompt_ids(model_dir, cfg.data.response_prefix))
 
     @property

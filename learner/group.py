@@ -14,6 +14,7 @@ import ray
 from learner.batch import TrainBatch
 from learner.grpo import loss_denominator
 from learner.learner_rank import LearnerRank
+from learner.rendezvous import node_address_and_port
 
 if TYPE_CHECKING:
     from cluster.config import LearnerConfig
@@ -21,13 +22,6 @@ if TYPE_CHECKING:
 
 # How long the learner's placement group may wait for room on the cluster before the run stops with an error.
 PLACEMENT_TIMEOUT_S = 600.0
-
-
-@ray.remote(num_cpus=0)
-def _node_address_and_port() -> tuple[str, int]:
-    from learner.sync import free_port
-
-    return ray.util.get_node_ip_address(), free_port()
 
 
 def learner_bundles(cfg: LearnerConfig) -> list[dict[str, float]]:
@@ -53,8 +47,11 @@ class LearnerGroup:
         sync_dtype: str,
         seed: int,
         cores: list[list[int]] | None = None,
+        block: bool = True,
     ) -> None:
-        """`cores`: each rank's cores while rollout overlaps training (actors/cores.py), else None."""
+        """`cores`: each rank's cores while rollout overlaps training (actors/cores.py), else None. `block=False`
+        returns as soon as the ranks are created, so the caller can start other actors while the ranks load the
+        model; it must then call `wait_until_ready` before anything else."""
         from ray.util.placement_group import placement_group
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
@@ -72,7 +69,7 @@ class LearnerGroup:
             return PlacementGroupSchedulingStrategy(self.placement, placement_group_bundle_index=index)
 
         # The rendezvous is hosted by rank 0, so its address and port are taken on bundle 0's node.
-        addr, port = ray.get(_node_address_and_port.options(scheduling_strategy=bundle(0)).remote())
+        addr, port = ray.get(node_address_and_port.options(scheduling_strategy=bundle(0)).remote())
         actor_cls = ray.remote(LearnerRank)
         self.ranks = [
             actor_cls.options(num_cpus=1, num_gpus=cfg.gpus_per_rank, scheduling_strategy=bundle(rank)).remote(
@@ -80,7 +77,12 @@ class LearnerGroup:
             )
             for rank, own in enumerate(cores or [None] * cfg.num_ranks)
         ]
-        self._gather([r.ready.remote() for r in self.ranks], "start")
+        self._starting = [r.ready.remote() for r in self.ranks]
+        if block:
+            self.wait_until_ready()
+
+    def wait_until_ready(self) -> None:
+        self._gather(self._starting, "start")
 
     @staticmethod
     def _gather(refs: list[ray.ObjectRef], what: str) -> list[Any]:

@@ -353,11 +353,9 @@ class LearnerRank:
 
     def sync_endpoint(self) -> tuple[str, int]:
         """Where this rank can host a rendezvous: its node's address and a free port there."""
-        import ray
+        from learner.rendezvous import address_and_free_port
 
-        from learner.sync import free_port
-
-        return ray.util.get_node_ip_address(), free_port()
+        return address_and_free_port()
 
     def checksum(self) -> str:
         """Collective: the checksum a rollout engine must report after syncing these weights."""

@@ -26,7 +26,6 @@ and the sender's `broadcast_weights` concurrently with every receiver's consumpt
 from __future__ import annotations
 
 import json
-import socket
 from collections.abc import Iterable, Iterator
 from datetime import timedelta
 from typing import Any
@@ -46,13 +45,6 @@ HEADER_FORMAT = 1
 
 Header = dict[str, Any]
 """{"format": 1, "bucket_bytes": [int, ...], "tensors": [{"name", "shape", "dtype", "bucket", "offset"}, ...]}"""
-
-
-def free_port() -> int:
-    """A TCP port free on this host right now (the OS picks it; free it again before the store binds it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("", 0))
-        return sock.getsockname()[1]
 
 
 def create_sync_group(

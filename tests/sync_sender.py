@@ -9,7 +9,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from learner.sync import DEFAULT_BUCKET_BYTES, broadcast_weights, create_sync_group, free_port, plan_buckets
+from learner.rendezvous import free_port
+from learner.sync import DEFAULT_BUCKET_BYTES, broadcast_weights, create_sync_group, plan_buckets
 from learner.weights import TIED_HEAD, synced_names
 
 

@@ -17,11 +17,11 @@ import torch
 
 from actors.rollout import create_rollout_workers
 from cluster.config import RolloutConfig
+from learner.rendezvous import free_port
 from learner.sync import (
     DEFAULT_BUCKET_BYTES,
     broadcast_weights,
     create_sync_group,
-    free_port,
     plan_buckets,
     receive_weights,
 )
