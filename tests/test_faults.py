@@ -24,14 +24,17 @@ def _records(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def _kill_actor_when(
-    driver: subprocess.Popen, run_dir: Path, title: str, after_step: int, killed: list[int], stop: threading.Event
+def _kill_actors_when(
+    driver: subprocess.Popen, run_dir: Path, targets: list[tuple[str, int]], killed: list[int], stop: threading.Event
 ) -> None:
-    """SIGKILL the first process of this run whose Ray title starts with `title` once `after_step` steps are logged.
+    """For each (title, after_step) in turn: once `after_step` steps are logged, SIGKILL the first process of this run
+    whose Ray title starts with `title`.
 
     Only the driver's own descendants are candidates, so runs of other tests or users on the machine are safe.
     """
-    while not stop.is_set():
+    pending = list(targets)
+    while pending and not stop.is_set():
+        title, after_step = pending[0]
         if len(_records(run_dir)) >= after_step:
             try:
                 processes = psutil.Process(driver.pid).children(recursive=True)
@@ -45,45 +48,25 @@ def _kill_actor_when(
                 if cmdline.startswith(title):
                     os.kill(proc.pid, signal.SIGKILL)
                     killed.append(proc.pid)
-                    return
+                    pending.pop(0)
+                    break
         time.sleep(0.005)
 
 
 def _run_with_killer(
-    run_dir: Path, overrides: list[str], title: str, after_step: int
+    run_dir: Path, overrides: list[str], targets: list[tuple[str, int]]
 ) -> tuple[subprocess.CompletedProcess, list[int]]:
     killed: list[int] = []
     stop = threading.Event()
     driver = subprocess.Popen(
         launch_command(overrides), cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
-    killer = threading.Thread(
-        target=_kill_actor_when, args=(driver, run_dir, title, after_step, killed, stop), daemon=True
-    )
+    killer = threading.Thread(target=_kill_actors_when, args=(driver, run_dir, targets, killed, stop), daemon=True)
     killer.start()
     stdout, stderr = driver.communicate(timeout=600)
     stop.set()
     killer.join()
     return subprocess.CompletedProcess(driver.args, driver.returncode, stdout, stderr), killed
-
-
-def test_rollout_worker_killed_mid_generate_is_replaced(tiny_model_dir: Path, tmp_path: Path) -> None:
-    run_dir = tmp_path / "run"
-    overrides = tiny_run_overrides(
-        tiny_model_dir,
-        run_dir,
-        "trainer.total_steps=5",
-        "rollout.num_workers=2",
-        "rollout.max_tokens=96",
-        "trainer.checkpoint_every=0",
-    )
-    proc, killed = _run_with_killer(run_dir, overrides, "ray::RolloutEngine.generate", after_step=2)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    assert killed, "no rollout engine was caught generating"
-    records = _records(run_dir)
-    assert [r["step"] for r in records] == [1, 2, 3, 4, 5]
-    assert records[-1]["faults/rollout_restarts"] >= 1
-    assert [r["policy_version"] for r in records] == [0, 1, 2, 3, 4]  # the new engine got the current weights
 
 
 def test_sigkilled_driver_takes_its_local_cluster_down(tiny_model_dir: Path, tmp_path: Path) -> None:
@@ -109,17 +92,6 @@ def test_sigkilled_driver_takes_its_local_cluster_down(tiny_model_dir: Path, tmp
     assert not alive, f"processes of the killed driver's cluster left behind: {alive}"
 
 
-def test_reward_worker_killed_is_replaced(tiny_model_dir: Path, tmp_path: Path) -> None:
-    run_dir = tmp_path / "run"
-    overrides = tiny_run_overrides(tiny_model_dir, run_dir, "trainer.total_steps=4", "trainer.checkpoint_every=0")
-    proc, killed = _run_with_killer(run_dir, overrides, "ray::_RewardWorkerShell", after_step=2)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    assert killed
-    records = _records(run_dir)
-    assert [r["step"] for r in records] == [1, 2, 3, 4]
-    assert records[-1]["faults/reward_restarts"] == 1
-
-
 def _four_steps_with_signal(model_dir: Path, run_dir: Path, *extra: str) -> list[str]:
     """A continuous reward: every group has spread, so every step runs the learner and pushes (hooks can fire)."""
     return tiny_run_overrides(
@@ -132,10 +104,24 @@ def _four_steps_with_signal(model_dir: Path, run_dir: Path, *extra: str) -> list
     )
 
 
-def test_nan_update_is_skipped_and_not_pushed(tiny_model_dir: Path, tmp_path: Path) -> None:
+MISBEHAVING = ("hang_forever", "raise_error", "return_nan", "return_string")
+
+
+def test_nan_update_and_misbehaving_rewards_inside_a_run(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """One run with two kinds of fault. The loss of learner step 2 is NaN (test-only hook read by every learner rank):
+    that update is skipped and not pushed. Four reward functions hang, raise, return NaN or a string on every
+    completion: each scores 0 and is counted, and every step still completes."""
     run_dir = tmp_path / "run"
-    overrides = _four_steps_with_signal(tiny_model_dir, run_dir)
-    # Test-only hook read by every learner rank: the loss of learner step 2 becomes NaN.
+    faults = ",".join(f"tests.reward_faults:{name}" for name in MISBEHAVING)
+    prompts, n = 2, 4
+    overrides = _four_steps_with_signal(
+        tiny_model_dir,
+        run_dir,
+        f"data.prompts_per_step={prompts}",
+        f"rollout.n={n}",
+        "reward.timeout_s=0.5",
+        f"reward.functions=tests.train_rewards:letter_a_share,{faults}",
+    )
     env = {**os.environ, "GRPO_TEST_NAN_AT_STEP": "2"}
     proc = subprocess.run(
         launch_command(overrides), cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600
@@ -147,6 +133,12 @@ def test_nan_update_is_skipped_and_not_pushed(tiny_model_dir: Path, tmp_path: Pa
     # Step 2's update was dropped and nothing was pushed: version 2 is version 1's weights, and step 3 samples it.
     assert [records[s]["sync/pushed"] for s in (1, 2, 3, 4)] == [1.0, 0.0, 1.0, 1.0]
     assert [records[s]["policy_version"] for s in (1, 2, 3, 4)] == [0, 1, 2, 3]
+    completions = prompts * n
+    for record in records.values():
+        assert record["rewards/timeouts"] == completions  # hang_forever, cut at 0.5 s each time
+        assert record["rewards/errors"] == 3 * completions  # raise, NaN, string
+        for name in MISBEHAVING:
+            assert record[f"rewards/{name}/mean"] == 0.0
 
 
 def test_memory_stays_flat_over_50_steps(tiny_model_dir: Path, tmp_path: Path) -> None:
@@ -171,7 +163,7 @@ def test_memory_stays_flat_over_50_steps(tiny_model_dir: Path, tmp_path: Path) -
 def test_learner_rank_death_stops_clearly_and_resumes(tiny_model_dir: Path, tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     base = tiny_run_overrides(tiny_model_dir, run_dir, "learner.num_ranks=2", "trainer.checkpoint_every=2")
-    proc, killed = _run_with_killer(run_dir, [*base, "trainer.total_steps=8"], "ray::LearnerRank.train_step", 3)
+    proc, killed = _run_with_killer(run_dir, [*base, "trainer.total_steps=8"], [("ray::LearnerRank.train_step", 3)])
     assert killed and proc.returncode == 3, proc.stderr[-4000:]
     [message] = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert "learner rank" in message and "died during train_step" in message and "resume" in message
@@ -188,32 +180,6 @@ def test_learner_rank_death_stops_clearly_and_resumes(tiny_model_dir: Path, tmp_
     )
     assert resumed.returncode == 0, resumed.stderr[-4000:]
     assert [r["step"] for r in _records(run_dir)] == [1, 2, 3, 4, 5]
-
-
-def test_misbehaving_reward_functions_inside_a_run(tiny_model_dir: Path, tmp_path: Path) -> None:
-    """Hang, raise, NaN and a string: each scores 0, is counted, and every step still completes."""
-    run_dir = tmp_path / "run"
-    faults = ",".join(
-        f"tests.reward_faults:{name}" for name in ("hang_forever", "raise_error", "return_nan", "return_string")
-    )
-    overrides = tiny_run_overrides(
-        tiny_model_dir,
-        run_dir,
-        "trainer.total_steps=2",
-        "trainer.checkpoint_every=0",
-        "data.prompts_per_step=2",
-        "rollout.n=2",
-        "reward.timeout_s=0.5",
-        f"reward.functions=correctness,{faults}",
-    )
-    proc = subprocess.run(launch_command(overrides), cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    completions = 2 * 2
-    for record in _records(run_dir):
-        assert record["rewards/timeouts"] == completions  # hang_forever, cut at 0.5 s each time
-        assert record["rewards/errors"] == 3 * completions  # raise, NaN, string
-        for name in ("hang_forever", "raise_error", "return_nan", "return_string"):
-            assert record[f"rewards/{name}/mean"] == 0.0
 
 
 def test_engine_computing_with_other_weights_stops_the_run(tiny_model_dir: Path, tmp_path: Path) -> None:

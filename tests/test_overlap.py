@@ -114,7 +114,7 @@ def test_engine_killed_mid_overlapped_rollout_is_replaced(
     the engines held, not the learner's newer one, and the redone prompts come out exactly as in the reference."""
     run_dir = tmp_path / "run"
     overrides = _overrides(tiny_model_dir, run_dir, "sync.transport=collective")
-    proc, killed = _run_with_killer(run_dir, overrides, "ray::RolloutEngine.generate", after_step=2)
+    proc, killed = _run_with_killer(run_dir, overrides, [("ray::RolloutEngine.generate", 2)])
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert killed, "no rollout engine was caught generating"
     assert _step_records(run_dir)[STEPS]["faults/rollout_restarts"] >= 1

@@ -3,7 +3,8 @@
 One module-scoped sequence of three launches into one directory:
 
     A  trainer.overwrite=true, 1 step                                   -> a wandb run
-    B  trainer.overwrite=true, 3 steps, checkpoint at 2, a rollout engine SIGKILLed during step 2
+    B  trainer.overwrite=true, 3 steps, checkpoint at 2, a rollout engine SIGKILLed mid-generate during step 2
+       and the reward worker during step 3 (each must be replaced, the new engine loaded with the current weights)
        then: as if B had been SIGKILLed in step 3's appends, before its checkpoint (step_3/ and final/ removed,
        the last line of metrics.jsonl and of rollouts.jsonl cut in half)
     C  trainer.resume=true: from the step-2 checkpoint to step 3
@@ -76,8 +77,9 @@ def launches(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     run_launch([*overrides, "trainer.overwrite=true", "trainer.total_steps=1"])
     wandb_ids["A"] = _wandb_ids(run_dir)
 
-    b, killed = _run_with_killer(run_dir, [*overrides, "trainer.overwrite=true"], "ray::RolloutEngine.generate", 1)
-    assert b.returncode == 0 and killed, b.stderr[-4000:]
+    targets = [("ray::RolloutEngine.generate", 1), ("ray::_RewardWorkerShell", 2)]
+    b, killed = _run_with_killer(run_dir, [*overrides, "trainer.overwrite=true"], targets)
+    assert b.returncode == 0 and len(killed) == 2, b.stderr[-4000:]
     wandb_ids["B"] = _wandb_ids(run_dir)
     b_records = _records(run_dir)
     assert [r["step"] for r in b_records] == [1, 2, 3]
@@ -96,6 +98,13 @@ def launches(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> 
 
 def _resumed(launches: Launches) -> None:
     assert launches.c.returncode == 0, f"resume exited {launches.c.returncode}:\n{launches.c.stderr[-4000:]}"
+
+
+def test_killed_rollout_and_reward_workers_are_replaced(launches: Launches) -> None:
+    records = launches.b_records
+    assert [r["faults/reward_restarts"] for r in records] == [0, 0, 1]
+    assert records[-1][RESTARTS] >= 1
+    assert [r["policy_version"] for r in records] == [0, 1, 2]  # the new engine got the current weights
 
 
 def test_overwrite_starts_a_new_wandb_run(launches: Launches) -> None:
